@@ -1,0 +1,161 @@
+//! The node assembled: shared state, the router, background tasks, and the drain.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::registry::Registry;
+
+/// How long sessions get to say goodbye and clean Redis after a shutdown signal;
+/// with the steps around it the process exits well within 10 s.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(7);
+/// How long background tasks get to stop after the sessions are gone.
+const BACKGROUND_DEADLINE: Duration = Duration::from_secs(1);
+
+/// What every handler and session shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The cluster engine.
+    pub broker: Arc<Broker>,
+    /// Sessions on this node.
+    pub registry: Arc<Registry>,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Parent of every session's close signal; cancelled to drain.
+    pub sessions: CancellationToken,
+    /// Owns every session task, so the drain can wait for them (axum does not wait
+    /// for upgraded connections).
+    pub tracker: TaskTracker,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Builds the engine the configuration asks for.
+    pub fn new(config: Config) -> Result<Self, BrokerError> {
+        let registry = Arc::new(Registry::new());
+        let broker = match &config.redis {
+            Some(target) => Broker::Redis(RedisBroker::new(
+                target,
+                &config.key_prefix,
+                config.node_id.clone(),
+                config.room_ttl,
+                registry.clone(),
+            )?),
+            None => Broker::Memory(MemoryBroker::new(registry.clone(), config.node_id.clone())),
+        };
+        Ok(Self {
+            broker: Arc::new(broker),
+            registry,
+            config: Arc::new(config),
+            sessions: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether the node is shutting down (readiness fails, new sessions are refused).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains:
+/// 1. mark draining (`/readyz` 503), stop accepting;
+/// 2. close every session (`shutdown` + 1001), each telling its room and cleaning Redis;
+/// 3. wait for the sessions, bounded by [`DRAIN_DEADLINE`];
+/// 4. stop the background tasks.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState::new(config).map_err(std::io::Error::other)?;
+    let addr = listener.local_addr()?;
+    let config = state.config.clone();
+    match &config.redis {
+        Some(target) => tracing::info!(
+            %addr, node_id = %config.node_id, mode = "redis", redis = %target.display,
+            key_prefix = %config.key_prefix, "signal-node listening (cluster node)"
+        ),
+        None => tracing::info!(
+            %addr, node_id = %config.node_id, mode = "standalone",
+            "signal-node listening (standalone: no Redis configured, state in memory)"
+        ),
+    }
+
+    let background = CancellationToken::new();
+    let background_tasks = TaskTracker::new();
+    background_tasks.spawn(run_broker(state.broker.clone(), background.clone()));
+    background_tasks.spawn(refresh_ttls(state.clone(), background.clone()));
+
+    let draining = state.clone();
+    let served = axum::serve(listener, crate::http::router(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(
+                sessions = draining.registry.len(),
+                "shutting down: draining sessions"
+            );
+            draining.draining.store(true, Ordering::Release);
+            draining.sessions.cancel();
+        })
+        .await;
+
+    state.sessions.cancel();
+    state.tracker.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tracker.len(),
+            "drain deadline passed; closing the rest"
+        );
+    }
+    background.cancel();
+    background_tasks.close();
+    let _ = tokio::time::timeout(BACKGROUND_DEADLINE, background_tasks.wait()).await;
+    tracing::info!("signal-node stopped");
+    served
+}
+
+async fn run_broker(broker: Arc<Broker>, cancel: CancellationToken) {
+    match &*broker {
+        Broker::Redis(redis) => redis.run(cancel).await,
+        Broker::Memory(_) => cancel.cancelled().await,
+    }
+}
+
+/// Keeps connected users' keys alive: every third of the TTL, one pipelined
+/// EXPIRE per local user and room. A node that dies stops refreshing, so its
+/// users' keys still expire at the TTL.
+async fn refresh_ttls(state: AppState, cancel: CancellationToken) {
+    let period = (state.config.room_ttl / 3).max(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members: Vec<_> = state
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(user, room, _)| (user, room))
+            .collect();
+        if let Err(e) = state.broker.refresh(&members).await {
+            tracing::warn!(error = %e, users = members.len(), "TTL refresh failed");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Every Redis key and channel name (PROTOCOL.md section 7), built from `KEY_PREFIX`.
+//! Only this module and the Lua scripts know the layout, so moving to hash-tagged
+//! keys and sharded pub/sub changes one place. The Lua scripts rebuild member keys
+//! from the prefix with the same suffixes (`room:`, `user:`, `ch:user:`).
+
+/// Key and channel names for one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix` (e.g. `signal:`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The prefix, passed to Lua scripts that address members' keys.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `P room:{room_id}`: set of user ids.
+    pub fn room(&self, room: &str) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+
+    /// `P user:{user_id}`: hash with room_id, joined_at, role, node_id, session_id.
+    pub fn user(&self, user: &str) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+
+    /// `P ch:user:{user_id}`: the user's delivery channel.
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}{user}", self.user_channel_prefix())
+    }
+
+    /// What every user channel starts with, to recover the user id from a channel name.
+    pub fn user_channel_prefix(&self) -> String {
+        format!("{}ch:user:", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_protocol() {
+        let k = Keys::new("signal:");
+        assert_eq!(k.room("r1"), "signal:room:r1");
+        assert_eq!(k.user("bob"), "signal:user:bob");
+        assert_eq!(k.user_channel("bob"), "signal:ch:user:bob");
+        assert!(k.user_channel("bob").starts_with(&k.user_channel_prefix()));
+    }
+}

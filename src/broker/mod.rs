@@ -1,0 +1,203 @@
+//! The seam between sessions and the cluster: everything a session or an HTTP
+//! handler needs (join, leave, relay, membership queries), in domain terms.
+//!
+//! Two engines sit behind one enum (STYLE.md section 2): [`redis::RedisBroker`] for a
+//! cluster, [`memory::MemoryBroker`] for a standalone node. Both deliver through the
+//! node's [`Registry`](crate::registry::Registry) and behave the same; the
+//! integration tests run one suite against each.
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+mod subscriber;
+
+use crate::ids::{RoomId, SessionId, UserId};
+use crate::protocol::{LeaveReason, Role, User, UserInfo};
+
+/// A failure of the shared state store. Sessions answer it with `unavailable`,
+/// HTTP with 503.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// No pooled connection could be had.
+    #[error("redis pool: {0}")]
+    Pool(String),
+    /// Redis did not answer in time.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The node's subscriber connection is down, so it cannot receive for new users.
+    #[error("the subscriber connection to redis is down")]
+    SubscriberDown,
+    /// Redis returned something the scripts never return.
+    #[error("unexpected reply from redis: {0}")]
+    Reply(String),
+}
+
+/// A session asking to become a member of a room.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: RoomId,
+    pub user: UserId,
+    pub session: SessionId,
+    pub role: Role,
+    pub joined_at: String,
+}
+
+impl JoinRequest {
+    /// The `USER` object this join announces.
+    pub fn user_object(&self) -> User {
+        User {
+            user_id: self.user.to_string(),
+            room_id: self.room.to_string(),
+            joined_at: self.joined_at.clone(),
+            role: self.role,
+        }
+    }
+}
+
+/// What a successful join returns.
+#[derive(Debug)]
+pub struct Joined {
+    /// The members already in the room, newcomer excluded, ordered by join time.
+    pub members: Vec<User>,
+    /// The session this join displaced, if the user was connected elsewhere.
+    pub replaced: Option<SessionId>,
+}
+
+/// A session leaving its room.
+#[derive(Debug, Clone)]
+pub struct LeaveRequest {
+    pub room: RoomId,
+    pub user: UserId,
+    pub session: SessionId,
+    pub reason: LeaveReason,
+}
+
+/// What happened to a directed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// Handed to the node holding the target.
+    Delivered,
+    /// The target is not a member of the sender's room.
+    NotInRoom,
+    /// The target is listed but no node holds its session.
+    NotConnected,
+}
+
+/// The cluster engine in use.
+pub enum Broker {
+    /// Several nodes sharing one Redis.
+    Redis(redis::RedisBroker),
+    /// One node, state in memory.
+    Memory(memory::MemoryBroker),
+}
+
+impl Broker {
+    /// `redis` or `standalone`, for logs and status endpoints.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Memory(_) => "standalone",
+        }
+    }
+
+    /// Makes sure this node receives `user`'s channel. Called before the user
+    /// becomes visible, so nothing sent to the user right after its join is lost.
+    pub async fn subscribe(&self, user: &UserId) -> Result<(), BrokerError> {
+        match self {
+            Self::Redis(b) => b.subscribe(user).await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Drops `user`'s channel unless a local session still needs it.
+    pub async fn unsubscribe(&self, user: &UserId) {
+        match self {
+            Self::Redis(b) => b.unsubscribe(user).await,
+            Self::Memory(_) => {}
+        }
+    }
+
+    /// Registers the session atomically, replaces any older session of the user,
+    /// announces `user_joined` to the members and returns them.
+    pub async fn join(&self, req: &JoinRequest) -> Result<Joined, BrokerError> {
+        match self {
+            Self::Redis(b) => b.join(req).await,
+            Self::Memory(b) => Ok(b.join(req)),
+        }
+    }
+
+    /// Removes the session if it is still the user's, and announces `user_left`.
+    /// Returns whether it was removed.
+    pub async fn leave(&self, req: &LeaveRequest) -> Result<bool, BrokerError> {
+        match self {
+            Self::Redis(b) => b.leave(req).await,
+            Self::Memory(b) => Ok(b.leave(req)),
+        }
+    }
+
+    /// Sends a finished frame to one member of `room`.
+    pub async fn relay_to_user(
+        &self,
+        room: &RoomId,
+        target: &str,
+        frame: &str,
+    ) -> Result<RelayOutcome, BrokerError> {
+        match self {
+            Self::Redis(b) => b.relay_to_user(room, target, frame).await,
+            Self::Memory(b) => Ok(b.relay_to_user(room, target, frame)),
+        }
+    }
+
+    /// Sends a finished frame to every member of `room` but `sender`.
+    pub async fn relay_to_room(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        frame: &str,
+    ) -> Result<usize, BrokerError> {
+        match self {
+            Self::Redis(b) => b.relay_to_room(room, sender, frame).await,
+            Self::Memory(b) => Ok(b.relay_to_room(room, sender, frame)),
+        }
+    }
+
+    /// The room's members, ordered by join time.
+    pub async fn room_users(&self, room: &RoomId) -> Result<Vec<User>, BrokerError> {
+        match self {
+            Self::Redis(b) => b.room_users(room).await,
+            Self::Memory(b) => Ok(b.room_users(room)),
+        }
+    }
+
+    /// A connected user and the node holding it.
+    pub async fn user(&self, user: &UserId) -> Result<Option<UserInfo>, BrokerError> {
+        match self {
+            Self::Redis(b) => b.user(user).await,
+            Self::Memory(b) => Ok(b.user(user)),
+        }
+    }
+
+    /// Pushes back the expiry of the given members' keys, so connected users never expire.
+    pub async fn refresh(&self, members: &[(UserId, RoomId)]) -> Result<(), BrokerError> {
+        match self {
+            Self::Redis(b) => b.refresh(members).await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Whether the node can serve: Redis answers and the subscriber is connected.
+    pub async fn ready(&self) -> bool {
+        match self {
+            Self::Redis(b) => b.ready().await,
+            Self::Memory(_) => true,
+        }
+    }
+}
+
+/// Orders members as clients expect to see them: oldest first.
+fn sort_members(users: &mut [User]) {
+    users.sort_by(|a, b| (&a.joined_at, &a.user_id).cmp(&(&b.joined_at, &b.user_id)));
+}

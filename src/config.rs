@@ -1,0 +1,344 @@
+//! Node configuration, read once at startup. This is the only module that reads
+//! the environment; everything else receives a [`Config`].
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `HOST`, `PORT` | `0.0.0.0`, `8000` | listen address (HTTP and WebSocket on one port) |
+//! | `REDIS_URL` | unset | `redis://[:pw@]host:port/db` or `rediss://`; wins over the four below |
+//! | `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD` | `localhost`, `6379`, `0`, none | used when `REDIS_URL` is unset |
+//! | `KEY_PREFIX` | `signal:` | prefix of every Redis key and channel |
+//! | `ROOM_TTL_SECONDS` | `1800` | expiry of room and user keys, refreshed while users are connected |
+//! | `NODE_ID` | hostname, else a UUID | this node's name in Redis, logs and `/users` |
+//! | `RUST_LOG`, `LOG_FORMAT` | `info`, `text` | log filter; `json` for one JSON object per line |
+//! | `MAX_MESSAGE_BYTES` | `65536` | largest accepted frame; larger closes with 1009 |
+//! | `MAX_QUEUE_BYTES` | `1048576` | bound of one connection's outbound queue; overflow closes with 4413 |
+//!
+//! With neither `REDIS_URL` nor any `REDIS_*` variable set the node runs standalone.
+
+use std::time::Duration;
+
+use crate::ids::{is_valid_id, NodeId};
+
+/// A configuration value that cannot be used; startup stops with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable is set but its value is not acceptable.
+    #[error("invalid {var}={value:?}: {reason}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Where the cluster's Redis lives. Kept as a parsed `ConnectionInfo` so a bad
+/// URL fails at startup, with a display form that never contains the password.
+#[derive(Clone)]
+pub struct RedisTarget {
+    /// What redis-rs connects to.
+    pub info: redis::ConnectionInfo,
+    /// `redis://host:port/db`, safe to log.
+    pub display: String,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Everything a node needs to know, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Interface to bind (a name or an address).
+    pub host: String,
+    /// TCP port for HTTP and WebSocket.
+    pub port: u16,
+    /// `None` runs the node standalone with in-memory state.
+    pub redis: Option<RedisTarget>,
+    /// Prefix of every key and channel, so clusters can share one Redis.
+    pub key_prefix: String,
+    /// TTL of room and user keys.
+    pub room_ttl: Duration,
+    /// This node's name.
+    pub node_id: NodeId,
+    /// `RUST_LOG` filter directive.
+    pub log_filter: String,
+    /// Text or JSON logs.
+    pub log_format: LogFormat,
+    /// Largest accepted WebSocket message.
+    pub max_message_bytes: usize,
+    /// Bound of the frames queued for one connection.
+    pub max_queue_bytes: usize,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok(), default_node_id)
+    }
+
+    /// Parses configuration from any lookup function, so tests never touch the
+    /// process environment. `default_node_id` is asked only when `NODE_ID` is unset.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        default_node_id: impl FnOnce() -> String,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| var(name).filter(|v| !v.is_empty());
+
+        let host = get("HOST").unwrap_or_else(|| "0.0.0.0".to_owned());
+        let port = parse_num::<u16>(&get, "PORT", 8000)?;
+        let redis = redis_target(&get)?;
+
+        let key_prefix = var("KEY_PREFIX").unwrap_or_else(|| "signal:".to_owned());
+        if key_prefix.len() > 128 || key_prefix.chars().any(|c| c.is_whitespace()) {
+            return Err(invalid(
+                "KEY_PREFIX",
+                &key_prefix,
+                "at most 128 characters, no white space",
+            ));
+        }
+
+        let ttl = parse_num::<u64>(&get, "ROOM_TTL_SECONDS", 1800)?;
+        if ttl == 0 {
+            return Err(invalid("ROOM_TTL_SECONDS", "0", "must be at least 1"));
+        }
+
+        let node_id = get("NODE_ID").unwrap_or_else(default_node_id);
+        let node_id = NodeId::parse(&node_id).map_err(|_| {
+            invalid(
+                "NODE_ID",
+                &node_id,
+                "1 to 64 characters from A-Z a-z 0-9 _ - .",
+            )
+        })?;
+
+        let log_filter = get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("LOG_FORMAT", other, "expected text or json")),
+        };
+
+        let max_message_bytes = parse_num::<usize>(&get, "MAX_MESSAGE_BYTES", 65536)?;
+        if max_message_bytes < 128 {
+            return Err(invalid(
+                "MAX_MESSAGE_BYTES",
+                &max_message_bytes.to_string(),
+                "must be at least 128",
+            ));
+        }
+        let max_queue_bytes = parse_num::<usize>(&get, "MAX_QUEUE_BYTES", 1 << 20)?;
+        if max_queue_bytes < max_message_bytes {
+            return Err(invalid(
+                "MAX_QUEUE_BYTES",
+                &max_queue_bytes.to_string(),
+                "must be at least MAX_MESSAGE_BYTES",
+            ));
+        }
+
+        Ok(Self {
+            host,
+            port,
+            redis,
+            key_prefix,
+            room_ttl: Duration::from_secs(ttl),
+            node_id,
+            log_filter,
+            log_format,
+            max_message_bytes,
+            max_queue_bytes,
+        })
+    }
+}
+
+fn invalid(var: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| {
+            invalid(
+                var,
+                &v,
+                &format!("expected a whole number from 0 to {}", type_max::<T>()),
+            )
+        }),
+    }
+}
+
+fn type_max<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "u16" => "65535",
+        _ => "2^64-1",
+    }
+}
+
+fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTarget>, ConfigError> {
+    use redis::IntoConnectionInfo;
+
+    if let Some(url) = get("REDIS_URL") {
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| invalid("REDIS_URL", &redact_url(&url), &e.to_string()))?;
+        let display = display_target(&info);
+        return Ok(Some(RedisTarget { info, display }));
+    }
+    let any_set = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"]
+        .iter()
+        .any(|v| get(v).is_some());
+    if !any_set {
+        return Ok(None);
+    }
+    let host = get("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(invalid(
+            "REDIS_HOST",
+            &host,
+            "expected a host name or address",
+        ));
+    }
+    let port = parse_num::<u16>(get, "REDIS_PORT", 6379)?;
+    let db = match get("REDIS_DB") {
+        None => 0,
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| invalid("REDIS_DB", &v, "expected a database number from 0"))?,
+    };
+    let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(db));
+    if let Some(pw) = get("REDIS_PASSWORD") {
+        settings = settings.set_password(pw);
+    }
+    let info = (host, port)
+        .into_connection_info()
+        .map_err(|e| invalid("REDIS_HOST", "", &e.to_string()))?
+        .set_redis_settings(settings);
+    let display = display_target(&info);
+    Ok(Some(RedisTarget { info, display }))
+}
+
+/// `redis://host:port/db` without credentials, for logs.
+fn display_target(info: &redis::ConnectionInfo) -> String {
+    let db = info.redis_settings().db();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
+        redis::ConnectionAddr::Unix(path) => format!("unix://{}/{db}", path.display()),
+        other => format!("{other}"),
+    }
+}
+
+/// Removes any `user:password@` part before a URL is shown in an error.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `HOSTNAME`, else `/etc/hostname`, else a random UUID; the first that is a valid id.
+fn default_node_id() -> String {
+    let candidates = [
+        std::env::var("HOSTNAME").ok(),
+        std::fs::read_to_string("/etc/hostname").ok(),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|h| h.trim().to_owned())
+        .find(|h| is_valid_id(h))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_vars(|k| map.get(k).cloned(), || "node-a".to_owned())
+    }
+
+    fn err_text(vars: &[(&str, &str)]) -> String {
+        match parse(vars) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_standalone() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8000));
+        assert!(c.redis.is_none());
+        assert_eq!(c.key_prefix, "signal:");
+        assert_eq!(c.room_ttl, Duration::from_secs(1800));
+        assert_eq!(c.node_id.as_str(), "node-a");
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.max_queue_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn redis_url_wins_and_hides_password() {
+        let c = parse(&[
+            ("REDIS_URL", "redis://:s3cret@10.1.2.3:6380/2"),
+            ("REDIS_HOST", "ignored"),
+        ])
+        .unwrap();
+        let t = c.redis.unwrap();
+        assert_eq!(t.display, "redis://10.1.2.3:6380/2");
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn any_redis_part_enables_cluster_mode() {
+        let c = parse(&[("REDIS_PASSWORD", "pw")]).unwrap();
+        assert_eq!(c.redis.unwrap().display, "redis://localhost:6379/0");
+        let c = parse(&[("REDIS_HOST", "cache"), ("REDIS_DB", "3")]).unwrap();
+        assert_eq!(c.redis.unwrap().display, "redis://cache:6379/3");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert!(err_text(&[("PORT", "abc")]).contains("PORT"));
+        assert!(err_text(&[("PORT", "70000")]).contains("PORT"));
+        assert!(err_text(&[("REDIS_DB", "-1")]).contains("REDIS_DB"));
+        assert!(err_text(&[("REDIS_PORT", "x")]).contains("REDIS_PORT"));
+        let e = err_text(&[("REDIS_URL", "not a url")]);
+        assert!(e.contains("REDIS_URL"), "{e}");
+        let e = err_text(&[("REDIS_URL", "ftp://u:pw@h/0")]);
+        assert!(e.contains("REDIS_URL") && !e.contains("pw@"), "{e}");
+        assert!(err_text(&[("LOG_FORMAT", "xml")]).contains("LOG_FORMAT"));
+        assert!(err_text(&[("MAX_MESSAGE_BYTES", "0")]).contains("MAX_MESSAGE_BYTES"));
+        assert!(err_text(&[("ROOM_TTL_SECONDS", "0")]).contains("ROOM_TTL_SECONDS"));
+        assert!(err_text(&[("NODE_ID", "a:b")]).contains("NODE_ID"));
+    }
+}

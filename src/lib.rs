@@ -1,0 +1,29 @@
+//! A stateless WebRTC signaling node. Clients join rooms over WebSocket and
+//! exchange SDP, ICE candidates and app messages; several nodes sharing one Redis
+//! form one cluster, and a node without Redis runs standalone in memory.
+//!
+//! The contract is PROTOCOL.md; the design, DESIGN.md.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment (the only reader of it).
+//! - [`ids`]: validated room, user, node and session ids.
+//! - [`protocol`]: every wire frame, error code and close code.
+//! - [`envelope`]: what nodes publish to each other on a user's channel.
+//! - [`broker`]: the seam to cluster state, with the Redis and memory engines.
+//! - [`registry`]: the sessions on this node and delivery to them.
+//! - [`session`]: one task per WebSocket: join, relay, leave.
+//! - [`http`]: REST, health, readiness and the WebSocket route.
+//! - [`app`]: shared state, background tasks and the drain on shutdown.
+//! - [`shutdown`]: the signals that stop the node.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod ids;
+pub mod protocol;
+pub mod registry;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,686 @@
+//! Every frame that crosses the WebSocket, in one file so it can be checked line by
+//! line against PROTOCOL.md sections 3, 4 and 6.
+//!
+//! Client frames are parsed into borrowed [`RawValue`]s: the payload is never
+//! built into a tree, and is relayed byte for byte as the client sent it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{is_valid_id, RoomId, UserId};
+
+/// Frame types only the server may send.
+const SERVER_TYPES: [&str; 5] = ["room_users", "user_joined", "user_left", "error", "pong"];
+
+/// Deepest nesting of arrays and objects accepted in a frame. SDP and ICE payloads
+/// are two or three levels deep; anything near this is abuse.
+pub const MAX_NESTING: usize = 64;
+
+/// `sdp_*` and `ice_candidate` make no sense as broadcasts.
+const NEEDS_TARGET: [&str; 3] = ["sdp_offer", "sdp_answer", "ice_candidate"];
+
+/// The `code` of an `error` frame (PROTOCOL.md sections 4 and 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidMessage,
+    MissingTarget,
+    InvalidTarget,
+    TargetNotFound,
+    Forbidden,
+    RateLimited,
+    Unavailable,
+    InvalidId,
+    Unauthorized,
+    RoomFull,
+    Timeout,
+    Replaced,
+    Kicked,
+    SlowConsumer,
+    Shutdown,
+}
+
+impl ErrorCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidMessage => "invalid_message",
+            Self::MissingTarget => "missing_target",
+            Self::InvalidTarget => "invalid_target",
+            Self::TargetNotFound => "target_not_found",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::InvalidId => "invalid_id",
+            Self::Unauthorized => "unauthorized",
+            Self::RoomFull => "room_full",
+            Self::Timeout => "timeout",
+            Self::Replaced => "replaced",
+            Self::Kicked => "kicked",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// WebSocket close codes (PROTOCOL.md section 6).
+pub mod close_code {
+    /// Normal close.
+    pub const NORMAL: u16 = 1000;
+    /// The node is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame over `MAX_MESSAGE_BYTES`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Try again later (Redis unreachable, node full).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Invalid room or user id.
+    pub const INVALID_ID: u16 = 4400;
+    /// Missing or bad token.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Not allowed into this room.
+    pub const FORBIDDEN: u16 = 4403;
+    /// No heartbeat answer.
+    pub const TIMEOUT: u16 = 4408;
+    /// A newer connection of the same user id took over.
+    pub const REPLACED: u16 = 4409;
+    /// Removed by an administrator.
+    pub const KICKED: u16 = 4410;
+    /// Outbound queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 4413;
+    /// Sustained rate-limit abuse.
+    pub const RATE_LIMITED: u16 = 4429;
+}
+
+/// Why a member left, as `user_left.payload.reason` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    Left,
+    Timeout,
+    Replaced,
+    Kicked,
+    Shutdown,
+}
+
+impl LeaveReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Timeout => "timeout",
+            Self::Replaced => "replaced",
+            Self::Kicked => "kicked",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A member's role (PROTOCOL.md section 9); `peer` everywhere until moderated rooms exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Peer,
+    Host,
+    Audience,
+}
+
+impl Role {
+    /// The wire name, also stored in Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Host => "host",
+            Self::Audience => "audience",
+        }
+    }
+
+    /// Reads the stored form; unknown values are treated as `peer`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "host" => Self::Host,
+            "audience" => Self::Audience,
+            _ => Self::Peer,
+        }
+    }
+}
+
+/// The `USER` object: exactly these keys (PROTOCOL.md section 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub user_id: String,
+    pub room_id: String,
+    /// RFC 3339 UTC with milliseconds, as stored at join.
+    pub joined_at: String,
+    pub role: Role,
+}
+
+/// `GET /users/{id}`: a `USER` plus the node holding the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    #[serde(flatten)]
+    pub user: User,
+    pub node_id: String,
+}
+
+/// A client frame that passed validation.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// Answered with `pong` to the sender only.
+    Ping { payload: Option<&'a RawValue> },
+    /// Relayed to one member (`target` set) or to every other member.
+    Relay(Relay<'a>),
+}
+
+/// A message to relay, borrowed from the frame text.
+#[derive(Debug)]
+pub struct Relay<'a> {
+    pub kind: String,
+    /// `None` for a broadcast. Not yet checked against the sender or the id rules.
+    pub target: Option<String>,
+    pub payload: Option<&'a RawValue>,
+    pub id: Option<&'a RawValue>,
+}
+
+/// A frame that cannot be relayed; it becomes one `error` frame to its sender.
+#[derive(Debug)]
+pub struct Rejection<'a> {
+    pub code: ErrorCode,
+    pub message: &'static str,
+    pub id: Option<&'a RawValue>,
+    pub target: Option<String>,
+}
+
+impl Rejection<'_> {
+    /// The `error` frame for this rejection.
+    pub fn to_frame(&self) -> String {
+        error_frame(self.code, self.message, self.id, self.target.as_deref())
+    }
+}
+
+#[derive(Deserialize)]
+struct WireFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    target: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+/// Parses and validates one text frame (PROTOCOL.md section 3). Target rules that
+/// need the sender (itself, membership) are the session's to check.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> {
+    let reject = |code, message, id, target| Rejection {
+        code,
+        message,
+        id,
+        target,
+    };
+    // serde would read a JSON array into the struct positionally; only objects are frames.
+    if !text.trim_start().starts_with('{') {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "a frame must be one JSON object",
+            None,
+            None,
+        ));
+    }
+    if nesting_exceeds(text, MAX_NESTING) {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "a frame may nest arrays and objects at most 64 deep",
+            None,
+            None,
+        ));
+    }
+    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(|_| {
+        reject(
+            ErrorCode::InvalidMessage,
+            "a frame must be one valid JSON object",
+            None,
+            None,
+        )
+    })?;
+
+    let id = match wire.id {
+        None => None,
+        Some(raw) if is_string_or_number(raw) => Some(raw),
+        Some(_) => {
+            return Err(reject(
+                ErrorCode::InvalidMessage,
+                "id must be a string or a number",
+                None,
+                None,
+            ))
+        }
+    };
+    let kind = wire.kind.and_then(as_string);
+    let Some(kind) = kind else {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "type must be a string",
+            id,
+            None,
+        ));
+    };
+    if !is_valid_type(&kind) {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "type must match ^[a-z][a-z0-9_]{0,31}$",
+            id,
+            None,
+        ));
+    }
+    if SERVER_TYPES.contains(&kind.as_str()) {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "clients may not send server frame types",
+            id,
+            None,
+        ));
+    }
+    if kind == "ping" {
+        return Ok(ClientFrame::Ping {
+            payload: wire.payload,
+        });
+    }
+    // Option<&RawValue> already maps JSON null to None.
+    let target = match wire.target {
+        None => None,
+        Some(raw) => match as_string(raw) {
+            Some(t) => Some(t),
+            None => {
+                return Err(reject(
+                    ErrorCode::InvalidMessage,
+                    "target must be a string or null",
+                    id,
+                    None,
+                ))
+            }
+        },
+    };
+    if target.is_none() && NEEDS_TARGET.contains(&kind.as_str()) {
+        return Err(reject(
+            ErrorCode::MissingTarget,
+            "this message type needs a target",
+            id,
+            None,
+        ));
+    }
+    if let Some(t) = &target {
+        if !is_valid_id(t) {
+            return Err(reject(
+                ErrorCode::InvalidTarget,
+                "target is not a valid user id",
+                id,
+                target,
+            ));
+        }
+    }
+    Ok(ClientFrame::Relay(Relay {
+        kind,
+        target,
+        payload: wire.payload,
+        id,
+    }))
+}
+
+/// Whether arrays/objects nest deeper than `limit`, counting outside strings only.
+/// One pass over the bytes, no recursion.
+fn nesting_exceeds(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn is_valid_type(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+fn is_string_or_number(raw: &RawValue) -> bool {
+    matches!(
+        raw.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9')
+    )
+}
+
+fn as_string(raw: &RawValue) -> Option<String> {
+    if raw.get().starts_with('"') {
+        serde_json::from_str(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+fn null_if_absent(payload: Option<&RawValue>) -> &RawValue {
+    payload.unwrap_or(RawValue::NULL)
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serializing these plain structs of strings and RawValues cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// `{"type":T,"from":F,"target":X,"payload":P}`, the one shape of a relayed message.
+pub fn relayed_frame(
+    kind: &str,
+    from: &UserId,
+    target: Option<&str>,
+    payload: Option<&RawValue>,
+) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        from: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<&'a str>,
+        payload: &'a RawValue,
+    }
+    to_json(&Out {
+        kind,
+        from: from.as_str(),
+        target,
+        payload: null_if_absent(payload),
+    })
+}
+
+/// `{"type":"pong","payload":X}`.
+pub fn pong_frame(payload: Option<&RawValue>) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: &'a RawValue,
+    }
+    to_json(&Out {
+        kind: "pong",
+        payload: null_if_absent(payload),
+    })
+}
+
+/// `{"type":"error","payload":{"code","message","id"?,"target"?}}`.
+pub fn error_frame(
+    code: ErrorCode,
+    message: &str,
+    id: Option<&RawValue>,
+    target: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: Payload<'a>,
+    }
+    to_json(&Out {
+        kind: "error",
+        payload: Payload {
+            code: code.as_str(),
+            message,
+            id,
+            target,
+        },
+    })
+}
+
+/// The newcomer's first frame: who it is and who is already there.
+pub fn room_users_frame(room: &RoomId, me: &User, users: &[User]) -> String {
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        room_id: &'a str,
+        #[serde(rename = "self")]
+        me: &'a User,
+        users: &'a [User],
+    }
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: Payload<'a>,
+    }
+    to_json(&Out {
+        kind: "room_users",
+        payload: Payload {
+            room_id: room.as_str(),
+            me,
+            users,
+        },
+    })
+}
+
+/// `{"type":"user_joined","payload":USER}`.
+pub fn user_joined_frame(user: &User) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: &'a User,
+    }
+    to_json(&Out {
+        kind: "user_joined",
+        payload: user,
+    })
+}
+
+/// `{"type":"user_left","payload":{"user_id","room_id","reason"}}`.
+pub fn user_left_frame(user: &str, room: &str, reason: LeaveReason) -> String {
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        user_id: &'a str,
+        room_id: &'a str,
+        reason: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: Payload<'a>,
+    }
+    to_json(&Out {
+        kind: "user_left",
+        payload: Payload {
+            user_id: user,
+            room_id: room,
+            reason: reason.as_str(),
+        },
+    })
+}
+
+/// `joined_at` for a join happening now: RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339_millis() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(text: &str) -> (ErrorCode, Option<String>, Option<String>) {
+        match parse_client_frame(text) {
+            Ok(f) => panic!("{text} should be rejected, got {f:?}"),
+            Err(r) => (r.code, r.id.map(|i| i.get().to_owned()), r.target),
+        }
+    }
+
+    #[test]
+    fn relay_keeps_payload_bytes() {
+        let text = r#"{"type":"sdp_offer","target":"bob","payload":{"type":"offer","sdp":"v=0\r\n"},"id":17,"from":"mallory"}"#;
+        let ClientFrame::Relay(r) = parse_client_frame(text).unwrap() else {
+            panic!("not a relay")
+        };
+        assert_eq!(r.kind, "sdp_offer");
+        assert_eq!(r.target.as_deref(), Some("bob"));
+        assert_eq!(r.id.map(|i| i.get()), Some("17"));
+        let from = UserId::parse("alice").unwrap();
+        assert_eq!(
+            relayed_frame(&r.kind, &from, r.target.as_deref(), r.payload),
+            r#"{"type":"sdp_offer","from":"alice","target":"bob","payload":{"type":"offer","sdp":"v=0\r\n"}}"#
+        );
+    }
+
+    #[test]
+    fn broadcast_has_no_target_and_null_payload() {
+        for text in [
+            r#"{"type":"broadcast"}"#,
+            r#"{"type":"broadcast","target":null}"#,
+        ] {
+            let ClientFrame::Relay(r) = parse_client_frame(text).unwrap() else {
+                panic!("not a relay")
+            };
+            assert!(r.target.is_none());
+            let from = UserId::parse("a").unwrap();
+            assert_eq!(
+                relayed_frame(&r.kind, &from, None, r.payload),
+                r#"{"type":"broadcast","from":"a","payload":null}"#
+            );
+        }
+    }
+
+    #[test]
+    fn ping_ignores_target() {
+        let f = parse_client_frame(r#"{"type":"ping","target":5,"payload":[1]}"#).unwrap();
+        let ClientFrame::Ping { payload } = f else {
+            panic!("not a ping")
+        };
+        assert_eq!(pong_frame(payload), r#"{"type":"pong","payload":[1]}"#);
+        assert_eq!(pong_frame(None), r#"{"type":"pong","payload":null}"#);
+    }
+
+    #[test]
+    fn invalid_frames_are_rejected_with_their_code() {
+        use ErrorCode::*;
+        assert_eq!(rejected("nope").0, InvalidMessage);
+        assert_eq!(rejected("[1,2]").0, InvalidMessage);
+        assert_eq!(rejected("{").0, InvalidMessage);
+        assert_eq!(rejected(r#"{"payload":1}"#).0, InvalidMessage);
+        assert_eq!(rejected(r#"{"type":"Bad"}"#).0, InvalidMessage);
+        assert_eq!(rejected(r#"{"type":7}"#).0, InvalidMessage);
+        assert_eq!(
+            rejected(&format!(r#"{{"type":"{}"}}"#, "a".repeat(33))).0,
+            InvalidMessage
+        );
+        assert_eq!(rejected(r#"{"type":"user_joined"}"#).0, InvalidMessage);
+        assert_eq!(
+            rejected(r#"{"type":"message","target":5,"id":"x"}"#),
+            (InvalidMessage, Some(r#""x""#.into()), None)
+        );
+        assert_eq!(
+            rejected(r#"{"type":"message","id":{}}"#),
+            (InvalidMessage, None, None)
+        );
+        assert_eq!(
+            rejected(r#"{"type":"sdp_offer","id":3}"#),
+            (MissingTarget, Some("3".into()), None)
+        );
+        assert_eq!(
+            rejected(r#"{"type":"ice_candidate","target":null}"#).0,
+            MissingTarget
+        );
+        assert_eq!(
+            rejected(r#"{"type":"message","target":"bad id!"}"#),
+            (InvalidTarget, None, Some("bad id!".into()))
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let deep = format!(
+            r#"{{"type":"message","payload":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(rejected(&deep).0, ErrorCode::InvalidMessage);
+        let ok = format!(
+            r#"{{"type":"message","payload":{}"[[{{}}"{}}}"#,
+            "[".repeat(63),
+            "]".repeat(63)
+        );
+        assert!(
+            parse_client_frame(&ok).is_ok(),
+            "63 levels inside the frame object must pass"
+        );
+    }
+
+    #[test]
+    fn error_frame_echoes_id_and_target() {
+        let id = RawValue::from_string("\"m1\"".into()).unwrap();
+        assert_eq!(
+            error_frame(ErrorCode::TargetNotFound, "no", Some(&id), Some("bob")),
+            r#"{"type":"error","payload":{"code":"target_not_found","message":"no","id":"m1","target":"bob"}}"#
+        );
+        assert_eq!(
+            error_frame(ErrorCode::Shutdown, "bye", None, None),
+            r#"{"type":"error","payload":{"code":"shutdown","message":"bye"}}"#
+        );
+    }
+
+    #[test]
+    fn membership_frames_have_documented_shapes() {
+        let user = User {
+            user_id: "bob".into(),
+            room_id: "r1".into(),
+            joined_at: "2026-11-24T08:00:00.123Z".into(),
+            role: Role::Peer,
+        };
+        assert_eq!(
+            user_joined_frame(&user),
+            r#"{"type":"user_joined","payload":{"user_id":"bob","room_id":"r1","joined_at":"2026-11-24T08:00:00.123Z","role":"peer"}}"#
+        );
+        assert_eq!(
+            user_left_frame("bob", "r1", LeaveReason::Left),
+            r#"{"type":"user_left","payload":{"user_id":"bob","room_id":"r1","reason":"left"}}"#
+        );
+        let room = RoomId::parse("r1").unwrap();
+        assert_eq!(
+            room_users_frame(&room, &user, &[]),
+            r#"{"type":"room_users","payload":{"room_id":"r1","self":{"user_id":"bob","room_id":"r1","joined_at":"2026-11-24T08:00:00.123Z","role":"peer"},"users":[]}}"#
+        );
+    }
+
+    #[test]
+    fn joined_at_has_milliseconds() {
+        let t = now_rfc3339_millis();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.');
+    }
+}

@@ -1,0 +1,325 @@
+//! One task per WebSocket: join, then relay until the client leaves or the node
+//! closes the session, then leave.
+//!
+//! Within the task the reader (parse, validate, relay) and the writer (drain the
+//! outbound queue into the socket) run concurrently, so a client that reads slowly
+//! never stalls its own sending, and its queue bound closes it instead. The reader
+//! awaits each relay before taking the next frame, which keeps per-sender order.
+
+pub mod outbox;
+mod relay;
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::broker::{JoinRequest, LeaveRequest};
+use crate::ids::{RoomId, SessionId, UserId};
+use crate::protocol::{
+    close_code, error_frame, now_rfc3339_millis, room_users_frame, ErrorCode, LeaveReason, Role,
+};
+use crate::registry::SessionHandle;
+use outbox::{CloseReason, Inbox, Outbox};
+
+/// How long the last frames (error, close) may take to reach a client that stopped reading.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The connection broke or the client vanished.
+    ClientGone,
+    /// A frame over `MAX_MESSAGE_BYTES`.
+    TooBig,
+    /// A text frame that was not UTF-8, or another protocol violation.
+    ProtocolViolation,
+    /// The node asked the session to close.
+    Closed(CloseReason),
+}
+
+impl End {
+    /// The `user_left` reason, or `None` when the room must not hear of it
+    /// (a replaced session: its successor's join already told the room).
+    fn leave_reason(self) -> Option<LeaveReason> {
+        match self {
+            End::ClientClosed | End::ClientGone | End::TooBig | End::ProtocolViolation => {
+                Some(LeaveReason::Left)
+            }
+            End::Closed(CloseReason::Replaced) => None,
+            End::Closed(CloseReason::Kicked) => Some(LeaveReason::Kicked),
+            End::Closed(CloseReason::SlowConsumer) => Some(LeaveReason::Timeout),
+            End::Closed(CloseReason::Shutdown) => Some(LeaveReason::Shutdown),
+        }
+    }
+
+    /// The `error` frame code and close code the client gets, if any.
+    fn farewell(self) -> Option<(Option<ErrorCode>, u16, &'static str)> {
+        match self {
+            End::ClientClosed | End::ClientGone => None,
+            End::TooBig => Some((None, close_code::TOO_BIG, "message too big")),
+            End::ProtocolViolation => Some((None, 1007, "invalid frame")),
+            End::Closed(CloseReason::Replaced) => Some((
+                Some(ErrorCode::Replaced),
+                close_code::REPLACED,
+                "replaced by a newer connection",
+            )),
+            End::Closed(CloseReason::Kicked) => {
+                Some((Some(ErrorCode::Kicked), close_code::KICKED, "kicked"))
+            }
+            End::Closed(CloseReason::SlowConsumer) => Some((
+                Some(ErrorCode::SlowConsumer),
+                close_code::SLOW_CONSUMER,
+                "outbound queue overflowed",
+            )),
+            End::Closed(CloseReason::Shutdown) => Some((
+                Some(ErrorCode::Shutdown),
+                close_code::GOING_AWAY,
+                "node shutting down; reconnect",
+            )),
+        }
+    }
+}
+
+/// Serves one accepted WebSocket for `user` in `room` until it ends.
+pub async fn run(socket: WebSocket, state: AppState, room: RoomId, user: UserId) {
+    let session = SessionId::new();
+    let span = tracing::info_span!(
+        "session",
+        room_id = %room,
+        user_id = %user,
+        session_id = %session,
+        node_id = %state.config.node_id,
+    );
+    serve(socket, state, room, user, session)
+        .instrument(span)
+        .await;
+}
+
+async fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    room: RoomId,
+    user: UserId,
+    session: SessionId,
+) {
+    let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
+    let handle = SessionHandle {
+        session_id: session,
+        room_id: room.clone(),
+        outbox: outbox.clone(),
+    };
+    if let Some(previous) = state.registry.insert(user.clone(), handle) {
+        previous.outbox.close(CloseReason::Replaced);
+    }
+
+    // Subscribe before the join makes the user visible, so a member reacting to
+    // `user_joined` at once never sends into the void.
+    if let Err(e) = state.broker.subscribe(&user).await {
+        tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
+        forget(&state, &user, session).await;
+        reject(
+            socket,
+            ErrorCode::Unavailable,
+            close_code::TRY_AGAIN_LATER,
+            "signaling unavailable; retry",
+        )
+        .await;
+        return;
+    }
+    let request = JoinRequest {
+        room: room.clone(),
+        user: user.clone(),
+        session,
+        role: Role::Peer,
+        joined_at: now_rfc3339_millis(),
+    };
+    let joined = match state.broker.join(&request).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            tracing::warn!(error = %e, "join failed");
+            // The script may have run with its reply lost: undo it (session-guarded).
+            leave(&state, &room, &user, session, LeaveReason::Left).await;
+            forget(&state, &user, session).await;
+            reject(
+                socket,
+                ErrorCode::Unavailable,
+                close_code::TRY_AGAIN_LATER,
+                "signaling unavailable; retry",
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::info!(
+        members = joined.members.len(),
+        replaced = joined.replaced.is_some(),
+        "joined"
+    );
+
+    // The queue may already hold deliveries; `room_users` still goes first.
+    let first = room_users_frame(&room, &request.user_object(), &joined.members);
+    let end = match socket.send(Message::Text(first.into())).await {
+        Ok(()) => pump(socket, &state, &room, &user, &outbox, &mut inbox).await,
+        Err(_) => (End::ClientGone, None),
+    };
+    let (end, socket) = end;
+    inbox.seal();
+
+    if let Some(reason) = end.leave_reason() {
+        leave(&state, &room, &user, session, reason).await;
+    }
+    forget(&state, &user, session).await;
+    if let (Some(socket), Some((code, close, text))) = (socket, end.farewell()) {
+        farewell(socket, code, close, text).await;
+    }
+    tracing::info!(reason = ?end, "disconnected");
+}
+
+/// Runs reader and writer until one ends or the session is closed. Returns the
+/// socket halves reunited when a farewell can still be written.
+async fn pump(
+    socket: WebSocket,
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    outbox: &Outbox,
+    inbox: &mut Inbox,
+) -> (End, Option<FarewellSocket>) {
+    let (mut sink, mut stream) = socket.split();
+    let closed = inbox.close_token();
+    let reader = async {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Text(text)) => {
+                    relay::handle_text(state, room, user, outbox, text.as_str()).await
+                }
+                Ok(Message::Binary(_)) => {
+                    outbox.push(error_frame(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not accepted; send JSON text",
+                        None,
+                        None,
+                    ));
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(Message::Close(_)) => return End::ClientClosed,
+                Err(e) => return classify(e),
+            }
+        }
+        End::ClientGone
+    };
+    let writer = async {
+        while let Some(frame) = inbox.recv().await {
+            if sink.send(Message::Text(frame.into())).await.is_err() {
+                return End::ClientGone;
+            }
+        }
+        End::ClientGone
+    };
+    let end = tokio::select! {
+        end = reader => end,
+        end = writer => end,
+        _ = closed.cancelled() => End::Closed(CloseReason::Shutdown),
+    };
+    let end = match (end, inbox.close_reason()) {
+        // A close request wins over whatever the halves were doing when it came.
+        (_, Some(reason)) => End::Closed(reason),
+        (end, None) => end,
+    };
+    let socket = match end {
+        End::ClientGone => None,
+        End::ClientClosed => {
+            // Flush tungstenite's automatic reply to the client's close frame.
+            let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.flush()).await;
+            None
+        }
+        _ => Some(FarewellSocket { sink }),
+    };
+    (end, socket)
+}
+
+/// The writing half of a socket, kept for the last frames.
+struct FarewellSocket {
+    sink: futures::stream::SplitSink<WebSocket, Message>,
+}
+
+fn classify(e: axum::Error) -> End {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) => match *err {
+            tungstenite::Error::Capacity(_) => End::TooBig,
+            tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => End::ProtocolViolation,
+            _ => End::ClientGone,
+        },
+        Err(_) => End::ClientGone,
+    }
+}
+
+/// Sends the error frame (if any) and the close frame, bounded in time.
+async fn farewell(
+    mut socket: FarewellSocket,
+    code: Option<ErrorCode>,
+    close: u16,
+    text: &'static str,
+) {
+    let send = async {
+        if let Some(code) = code {
+            socket
+                .sink
+                .send(Message::Text(error_frame(code, text, None, None).into()))
+                .await?;
+        }
+        socket.sink.send(close_message(close, text)).await
+    };
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
+}
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Refuses an upgraded connection: one `error` frame, then the close code.
+pub async fn reject(mut socket: WebSocket, code: ErrorCode, close: u16, text: &'static str) {
+    let send = async {
+        socket
+            .send(Message::Text(error_frame(code, text, None, None).into()))
+            .await?;
+        socket.send(close_message(close, text)).await
+    };
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
+}
+
+/// Session-guarded removal from the room; failures are logged, never fatal.
+async fn leave(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    session: SessionId,
+    reason: LeaveReason,
+) {
+    let request = LeaveRequest {
+        room: room.clone(),
+        user: user.clone(),
+        session,
+        reason,
+    };
+    match state.broker.leave(&request).await {
+        Ok(true) => tracing::info!(reason = reason.as_str(), "left room"),
+        Ok(false) => tracing::debug!("leave skipped: the user's state belongs to another session"),
+        Err(e) => tracing::warn!(error = %e, "leave failed; the keys expire with their TTL"),
+    }
+}
+
+/// Drops the local session and, if it was the user's last, the user's channel.
+async fn forget(state: &AppState, user: &UserId, session: SessionId) {
+    if state.registry.remove(user, session) {
+        state.broker.unsubscribe(user).await;
+    }
+}
