@@ -242,6 +242,8 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
         )
     })?;
 
+    // Errors echo the target whenever it was a string, whatever else is wrong.
+    let target = wire.target.and_then(as_string);
     let id = match wire.id {
         None => None,
         Some(raw) if is_string_or_number(raw) => Some(raw),
@@ -250,17 +252,16 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
                 ErrorCode::InvalidMessage,
                 "id must be a string or a number",
                 None,
-                None,
+                target,
             ))
         }
     };
-    let kind = wire.kind.and_then(as_string);
-    let Some(kind) = kind else {
+    let Some(kind) = wire.kind.and_then(as_string) else {
         return Err(reject(
             ErrorCode::InvalidMessage,
             "type must be a string",
             id,
-            None,
+            target,
         ));
     };
     if !is_valid_type(&kind) {
@@ -268,7 +269,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
             ErrorCode::InvalidMessage,
             "type must match ^[a-z][a-z0-9_]{0,31}$",
             id,
-            None,
+            target,
         ));
     }
     if SERVER_TYPES.contains(&kind.as_str()) {
@@ -276,7 +277,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
             ErrorCode::InvalidMessage,
             "clients may not send server frame types",
             id,
-            None,
+            target,
         ));
     }
     if kind == "ping" {
@@ -284,21 +285,15 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
             payload: wire.payload,
         });
     }
-    // Option<&RawValue> already maps JSON null to None.
-    let target = match wire.target {
-        None => None,
-        Some(raw) => match as_string(raw) {
-            Some(t) => Some(t),
-            None => {
-                return Err(reject(
-                    ErrorCode::InvalidMessage,
-                    "target must be a string or null",
-                    id,
-                    None,
-                ))
-            }
-        },
-    };
+    // Option<&RawValue> already maps JSON null to None; anything else must be a string.
+    if wire.target.is_some() && target.is_none() {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "target must be a string or null",
+            id,
+            None,
+        ));
+    }
     if target.is_none() && NEEDS_TARGET.contains(&kind.as_str()) {
         return Err(reject(
             ErrorCode::MissingTarget,

@@ -295,7 +295,7 @@ impl RedisBroker {
 
 /// Decodes `{member, joined_at, role, ...}` from the scripts.
 fn users_from_triples(flat: &[String], room: &RoomId) -> Result<Vec<User>, BrokerError> {
-    if flat.len() % 3 != 0 {
+    if !flat.len().is_multiple_of(3) {
         return Err(BrokerError::Reply(format!(
             "member list of length {}",
             flat.len()

@@ -107,6 +107,7 @@ async fn serve(
     user: UserId,
     session: SessionId,
 ) {
+    tracing::info!("connected");
     let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
     let handle = SessionHandle {
         session_id: session,

@@ -1,0 +1,1100 @@
+//! Harness for the integration tests: real `redis-server` and `signal-node`
+//! processes, a WebSocket client whose every wait is bounded, and assertions on
+//! the frame and USER shapes of PROTOCOL.md.
+//!
+//! It owns process lifetimes (everything it starts is killed on drop) and all
+//! timeouts. It does not decide what a test expects: tests build the exact frames.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+/// Bound on every network wait (connect, send, receive, HTTP request).
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Window used only to assert that nothing arrives; never to wait for something.
+pub const QUIET: Duration = Duration::from_millis(300);
+/// Bound on a node becoming ready after spawn.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on redis-server answering PING after spawn.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Period of every bounded poll.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Every variable of PROTOCOL.md section 10: removed from a node's environment so
+/// that the parent's settings never leak into a test.
+const CONFIG_VARS: &[&str] = &[
+    "HOST",
+    "PORT",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_DB",
+    "REDIS_PASSWORD",
+    "KEY_PREFIX",
+    "ROOM_TTL_SECONDS",
+    "NODE_ID",
+    "RUST_LOG",
+    "LOG_FORMAT",
+    "MAX_MESSAGE_BYTES",
+    "PING_INTERVAL_SECONDS",
+    "RATE_LIMIT_PER_SECOND",
+    "RATE_LIMIT_BURST",
+    "MAX_QUEUE_BYTES",
+    "ADMIN_TOKEN",
+    "METRICS_TOKEN",
+    "AUTH_MODE",
+    "JWT_SECRET",
+    "JWT_PUBLIC_KEY_FILE",
+];
+
+// ---------------------------------------------------------------------------
+// Ids and small utilities
+// ---------------------------------------------------------------------------
+
+/// A fresh room id, unique per call, valid per PROTOCOL.md section 1.
+pub fn room_id() -> String {
+    format!("r-{}", Uuid::new_v4().simple())
+}
+
+/// A fresh KEY_PREFIX, unique per call.
+pub fn key_prefix() -> String {
+    format!("t-{}:", Uuid::new_v4().simple())
+}
+
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the listener; the
+/// small race with other processes is known and accepted).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Polls `check` every few milliseconds until it holds; panics naming `what` after
+/// `within`. This is the only acceptable way to wait for a state without an event.
+pub async fn eventually<F, Fut>(within: Duration, what: impl Display, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock already failed the test; keep going for Drop.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// redis-server
+// ---------------------------------------------------------------------------
+
+/// A private `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    /// Starts redis-server (from PATH) and waits until it answers PING.
+    pub fn start() -> Self {
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let mut child = spawn_redis(port);
+            match wait_for_pong(port, &mut child) {
+                Ok(()) => {
+                    return Self {
+                        port,
+                        child: Mutex::new(Some(child)),
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = e;
+                }
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (its data is lost: it runs without persistence).
+    pub fn stop(&self) {
+        if let Some(mut child) = lock(&self.child).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if running and starts an empty one on the same port.
+    pub fn restart(&self) {
+        self.stop();
+        let mut child = spawn_redis(self.port);
+        if let Err(e) = wait_for_pong(self.port, &mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server did not restart on port {}: {e}", self.port);
+        }
+        *lock(&self.child) = Some(child);
+    }
+
+    /// Runs `redis-cli -p PORT --raw ARGS...` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli (is it on PATH?): {e}"));
+        assert!(
+            output.status.success(),
+            "redis-cli {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("redis-cli output is UTF-8")
+    }
+
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        self.cli(args)
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `KEYS pattern`, sorted.
+    pub fn keys(&self, pattern: &str) -> BTreeSet<String> {
+        self.lines(&["KEYS", pattern]).into_iter().collect()
+    }
+
+    /// `TTL key`: seconds left, -1 without expiry, -2 when the key is missing.
+    pub fn ttl(&self, key: &str) -> i64 {
+        let out = self.cli(&["TTL", key]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("TTL {key}: unexpected reply {out:?}"))
+    }
+
+    pub fn exists(&self, key: &str) -> bool {
+        self.cli(&["EXISTS", key]).trim() == "1"
+    }
+
+    /// `TYPE key` (`set`, `hash`, `none`, ...).
+    pub fn key_type(&self, key: &str) -> String {
+        self.cli(&["TYPE", key]).trim().to_owned()
+    }
+
+    pub fn smembers(&self, key: &str) -> BTreeSet<String> {
+        self.lines(&["SMEMBERS", key]).into_iter().collect()
+    }
+
+    pub fn hgetall(&self, key: &str) -> BTreeMap<String, String> {
+        let out = self.cli(&["HGETALL", key]);
+        let mut fields = BTreeMap::new();
+        let mut lines = out.lines();
+        while let Some(field) = lines.next() {
+            if field.is_empty() {
+                continue;
+            }
+            let value = lines.next().unwrap_or_default();
+            fields.insert(field.to_owned(), value.to_owned());
+        }
+        fields
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run redis-server: {e}; install it and put it on PATH (e.g. apt-get install redis-server)")
+        })
+}
+
+fn wait_for_pong(port: u16, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + REDIS_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server on port {port} exited: {status}"));
+        }
+        if ping(port) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no PONG on port {port} within {REDIS_TIMEOUT:?}"));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Speaks raw RESP, so the tests need no Redis client crate.
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 16];
+    matches!(stream.read(&mut reply), Ok(n) if reply[..n].starts_with(b"+PONG"))
+}
+
+// ---------------------------------------------------------------------------
+// signal-node
+// ---------------------------------------------------------------------------
+
+/// One `signal-node` process. Its stdout and stderr go to a log file, printed when
+/// the test fails and deleted otherwise. Killed on drop.
+pub struct TestNode {
+    port: u16,
+    node_id: String,
+    log_path: PathBuf,
+    child: Mutex<Child>,
+}
+
+impl TestNode {
+    /// Spawns a node and waits until `GET /readyz` answers 200.
+    ///
+    /// `redis: None` runs it standalone. `extra_env` is applied last, so it can
+    /// override anything.
+    pub async fn start(
+        redis: Option<&RedisServer>,
+        prefix: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let node = Self::spawn(redis, prefix, extra_env);
+            match node.wait_ready().await {
+                Ok(()) => return node,
+                // The free port was taken between probe and bind: try another one.
+                Err(_) if attempt < 3 && node.log().to_lowercase().contains("in use") => continue,
+                Err(e) => panic!("{e}\n--- log of {} ---\n{}", node.node_id, node.log()),
+            }
+        }
+    }
+
+    /// Spawns a node without waiting for it (for configuration tests).
+    pub fn spawn(redis: Option<&RedisServer>, prefix: &str, extra_env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let node_id = extra_env
+            .iter()
+            .find(|(k, _)| *k == "NODE_ID")
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_else(|| format!("node-{}", &Uuid::new_v4().simple().to_string()[..12]));
+        let dir = std::env::temp_dir().join("signal-node-tests");
+        fs::create_dir_all(&dir).expect("create log dir");
+        let log_path = dir.join(format!("{node_id}-{}.log", Uuid::new_v4().simple()));
+        let log = File::create(&log_path).expect("create node log file");
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_signal-node"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("REDIS_") {
+                cmd.env_remove(name);
+            }
+        }
+        for name in CONFIG_VARS {
+            cmd.env_remove(name);
+        }
+        cmd.env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("NODE_ID", &node_id)
+            .env("KEY_PREFIX", prefix)
+            .env("RUST_LOG", "info");
+        if let Some(redis) = redis {
+            cmd.env("REDIS_URL", redis.url());
+        }
+        for (name, value) in extra_env {
+            cmd.env(name, value);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn signal-node");
+        Self {
+            port,
+            node_id,
+            log_path,
+            child: Mutex::new(child),
+        }
+    }
+
+    /// Polls `GET /readyz` until 200; errors if the process exits or time runs out.
+    pub async fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let client = http_client();
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return Err(format!(
+                    "node {} exited before ready: {status}",
+                    self.node_id
+                ));
+            }
+            let url = format!("{}/readyz", self.http_url());
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().as_u16() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "node {} not ready within {READY_TIMEOUT:?}",
+                    self.node_id
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `ws://.../ws/{room}/{user}`; both are inserted as given (already encoded).
+    pub fn ws_url(&self, room: &str, user: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws/{room}/{user}", self.port)
+    }
+
+    /// `GET path` → (status, JSON body). Panics if the body is not JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.http_url());
+        let resp = http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: reading body failed: {e}"));
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {url} ({status}): body is not JSON ({e}): {text:?}"));
+        (status, body)
+    }
+
+    /// Sends SIGTERM (through `kill`, so the tests need no libc binding).
+    pub fn sigterm(&self) {
+        let pid = lock(&self.child).id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits (bounded poll) for the process to exit.
+    pub async fn wait_exit(&self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn try_exit_status(&self) -> Option<ExitStatus> {
+        lock(&self.child).try_wait().ok().flatten()
+    }
+
+    /// Everything the node wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        let bytes = fs::read(&self.log_path).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits (bounded poll) until one log line satisfies `matches`.
+    pub async fn wait_for_log_line(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        within: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log().lines().any(&matches) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits (bounded poll) until the log contains `needle`, case-insensitively.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let needle = needle.to_lowercase();
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log().to_lowercase().contains(&needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        {
+            let mut child = lock(&self.child);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of node {} ({}) ---\n{}--- end of log ---",
+                self.node_id,
+                self.log_path.display(),
+                self.log()
+            );
+        } else {
+            let _ = fs::remove_file(&self.log_path);
+        }
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    // One client per call: a pooled client must not outlive the runtime of the
+    // test that created it.
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .expect("build reqwest client")
+}
+
+// ---------------------------------------------------------------------------
+// Cluster: one test body, both engines
+// ---------------------------------------------------------------------------
+
+/// Either one standalone node, or one RedisServer plus `n` nodes sharing a unique
+/// KEY_PREFIX.
+pub struct Cluster {
+    // Nodes are declared first so that they are dropped before their Redis.
+    nodes: Vec<TestNode>,
+    redis: Option<RedisServer>,
+    prefix: String,
+}
+
+impl Cluster {
+    pub async fn standalone() -> Self {
+        Self::standalone_with(&[]).await
+    }
+
+    pub async fn standalone_with(extra_env: &[(&str, &str)]) -> Self {
+        let prefix = key_prefix();
+        let node = TestNode::start(None, &prefix, extra_env).await;
+        Self {
+            nodes: vec![node],
+            redis: None,
+            prefix,
+        }
+    }
+
+    pub async fn redis(n: usize) -> Self {
+        Self::redis_with(n, &[]).await
+    }
+
+    pub async fn redis_with(n: usize, extra_env: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start();
+        let prefix = key_prefix();
+        let nodes = start_nodes(&redis, &prefix, n, extra_env).await;
+        Self {
+            nodes,
+            redis: Some(redis),
+            prefix,
+        }
+    }
+
+    /// Node `i`. Standalone: the only node, whatever `i` is.
+    pub fn node(&self, i: usize) -> &TestNode {
+        match self.redis {
+            None => &self.nodes[0],
+            Some(_) => self.nodes.get(i).unwrap_or_else(|| {
+                panic!("the cluster has {} nodes, no node({i})", self.nodes.len())
+            }),
+        }
+    }
+
+    pub fn is_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The cluster's Redis; panics on a standalone cluster.
+    pub fn redis_server(&self) -> &RedisServer {
+        self.redis.as_ref().expect("this cluster has no Redis")
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `P room:{room}`
+    pub fn room_key(&self, room: &str) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+
+    /// `P user:{user}`
+    pub fn user_key(&self, user: &str) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+}
+
+/// Starts `n` nodes on one Redis concurrently.
+pub async fn start_nodes(
+    redis: &RedisServer,
+    prefix: &str,
+    n: usize,
+    extra_env: &[(&str, &str)],
+) -> Vec<TestNode> {
+    futures::future::join_all((0..n).map(|_| TestNode::start(Some(redis), prefix, extra_env))).await
+}
+
+/// Generates `mod $name { standalone, redis }`: the async fn `$body(&Cluster)` runs
+/// once on a standalone node and once on a Redis cluster (2 nodes unless `nodes = N`).
+/// `env = [("VAR", "value"), ...]` configures every node.
+#[allow(unused_macros)] // Only tests/protocol.rs uses it.
+macro_rules! both_engines {
+    ($name:ident, $body:ident) => {
+        both_engines!($name, nodes = 2, env = [], $body);
+    };
+    ($name:ident, nodes = $n:expr, $body:ident) => {
+        both_engines!($name, nodes = $n, env = [], $body);
+    };
+    ($name:ident, env = [$($kv:expr),* $(,)?], $body:ident) => {
+        both_engines!($name, nodes = 2, env = [$($kv),*], $body);
+    };
+    ($name:ident, nodes = $n:expr, env = [$($kv:expr),* $(,)?], $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                let cluster = $crate::support::Cluster::standalone_with(&[$($kv),*]).await;
+                super::$body(&cluster).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                let cluster = $crate::support::Cluster::redis_with($n, &[$($kv),*]).await;
+                super::$body(&cluster).await;
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket client
+// ---------------------------------------------------------------------------
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the server sent, WebSocket ping/pong excluded.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Binary(Vec<u8>),
+    /// A close frame: code and reason (`None` for a close frame without a code).
+    Close(Option<(u16, String)>),
+    /// The stream ended or failed without (further) close frame.
+    Ended(String),
+}
+
+/// A WebSocket client with bounded waits and precise failure messages.
+pub struct TestClient {
+    ws: Ws,
+    /// `user@room` (or the URL), to say which client failed.
+    label: String,
+}
+
+impl TestClient {
+    /// Opens a WebSocket to `url` (the upgrade itself must succeed).
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _response) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap_or_else(|_| panic!("timed out connecting to {url}"))
+            .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
+        Self {
+            ws,
+            label: url.to_owned(),
+        }
+    }
+
+    /// Connects `user` to `room` on `node`; returns the client and its first frame,
+    /// which must be `room_users`.
+    pub async fn connect_join(node: &TestNode, room: &str, user: &str) -> (Self, Value) {
+        let mut client = Self::connect(&node.ws_url(room, user)).await;
+        client.label = format!("{user}@{room} on {}", node.node_id());
+        let frame = client.recv_json().await;
+        assert_eq!(
+            frame["type"], "room_users",
+            "{}: the first frame must be room_users, got {frame}",
+            client.label
+        );
+        (client, frame)
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send(Message::text(frame.to_string())).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send(Message::text(text)).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.send(Message::binary(bytes)).await;
+    }
+
+    async fn send(&mut self, message: Message) {
+        tokio::time::timeout(TIMEOUT, self.ws.send(message))
+            .await
+            .unwrap_or_else(|_| panic!("{}: send timed out", self.label))
+            .unwrap_or_else(|e| panic!("{}: send failed: {e}", self.label));
+    }
+
+    /// The next frame that is not a WebSocket ping/pong, or `None` after `within`.
+    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match next {
+                None => Event::Ended("stream ended".into()),
+                Some(Err(e)) => Event::Ended(format!("error: {e}")),
+                Some(Ok(Message::Text(text))) => Event::Text(text.to_string()),
+                Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes.to_vec()),
+                Some(Ok(Message::Close(frame))) => {
+                    Event::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            });
+        }
+    }
+
+    /// The next data frame, which must be a JSON text frame (waits up to TIMEOUT).
+    pub async fn recv_json(&mut self) -> Value {
+        match self.next_event(TIMEOUT).await {
+            None => panic!("{}: no frame within {TIMEOUT:?}", self.label),
+            Some(Event::Text(text)) => serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: frame is not JSON ({e}): {text:?}", self.label)),
+            Some(other) => panic!("{}: expected a JSON text frame, got {other:?}", self.label),
+        }
+    }
+
+    /// The next frame, which must have `"type": kind`; returns the whole frame.
+    pub async fn expect_type(&mut self, kind: &str) -> Value {
+        let frame = self.recv_json().await;
+        assert_eq!(
+            frame["type"], kind,
+            "{}: expected a {kind} frame, got {frame}",
+            self.label
+        );
+        frame
+    }
+
+    /// The next frame, which must equal `expected` exactly.
+    pub async fn expect_frame(&mut self, expected: &Value) {
+        let frame = self.recv_json().await;
+        assert!(
+            &frame == expected,
+            "{}: unexpected frame\n  expected: {expected}\n    actual: {frame}",
+            self.label
+        );
+    }
+
+    /// The next frame, which must be an `error` with `code`; returns its payload.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let frame = self.recv_json().await;
+        assert_error_frame(&frame, code, &self.label);
+        frame["payload"].clone()
+    }
+
+    /// The next frame must be an `error` with `code` whose payload has exactly
+    /// `code`, `message`, plus `id` and `target` when given (with those values).
+    pub async fn expect_error_echo(&mut self, code: &str, id: Option<Value>, target: Option<&str>) {
+        let frame = self.recv_json().await;
+        if let Some(mismatch) = error_echo_mismatch(&frame, code, id, target) {
+            panic!("{}: {mismatch}", self.label);
+        }
+    }
+
+    /// The next frame must be a close frame with `code`.
+    pub async fn expect_close(&mut self, code: u16) {
+        match self.next_event(TIMEOUT).await {
+            Some(Event::Close(Some((actual, _)))) if actual == code => {}
+            None => panic!(
+                "{}: expected close {code}, nothing within {TIMEOUT:?}",
+                self.label
+            ),
+            Some(Event::Text(text)) => {
+                panic!("{}: expected close {code}, got frame {text}", self.label)
+            }
+            Some(other) => panic!("{}: expected close {code}, got {other:?}", self.label),
+        }
+    }
+
+    /// An `error` frame with exactly `code` and `message`, then a close with `close_code`.
+    pub async fn expect_error_then_close(&mut self, code: &str, close_code: u16) {
+        self.expect_error_echo(code, None, None).await;
+        self.expect_close(close_code).await;
+    }
+
+    /// Asserts that no data frame (nor close) arrives within `within`. Only for
+    /// asserting absence; never use it to wait for something to happen.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        if let Some(event) = self.next_event(within).await {
+            panic!(
+                "{}: expected nothing for {within:?}, got {event:?}",
+                self.label
+            );
+        }
+    }
+
+    /// Closes with 1000 and waits (bounded) for the end of the closing handshake.
+    /// Frames that were already in flight are discarded.
+    pub async fn close(mut self) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        tokio::time::timeout(TIMEOUT, self.ws.close(Some(frame)))
+            .await
+            .unwrap_or_else(|_| panic!("{}: sending close timed out", self.label))
+            .unwrap_or_else(|e| panic!("{}: sending close failed: {e}", self.label));
+        self.wait_closed().await;
+    }
+
+    /// Waits (bounded) until the server ends the connection, discarding frames.
+    pub async fn wait_closed(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left).await {
+                None => panic!("{}: connection not closed within {TIMEOUT:?}", self.label),
+                Some(Event::Ended(_)) => return,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Waits on several clients at once for [`TestClient::expect_silence`].
+pub async fn expect_silence_all(clients: &mut [&mut TestClient], within: Duration) {
+    futures::future::join_all(clients.iter_mut().map(|c| c.expect_silence(within))).await;
+}
+
+// ---------------------------------------------------------------------------
+// Frame builders and shape assertions
+// ---------------------------------------------------------------------------
+
+/// `{"type":"user_joined","payload":USER}`
+pub fn user_joined(user: &Value) -> Value {
+    json!({"type": "user_joined", "payload": user})
+}
+
+/// `{"type":"user_left","payload":{"user_id","room_id","reason"}}`
+pub fn user_left(user: &str, room: &str, reason: &str) -> Value {
+    json!({"type": "user_left", "payload": {"user_id": user, "room_id": room, "reason": reason}})
+}
+
+/// A relayed frame as the receiver must see it (`target` absent on broadcasts).
+pub fn relayed(kind: &str, from: &str, target: Option<&str>, payload: Value) -> Value {
+    match target {
+        Some(target) => json!({"type": kind, "from": from, "target": target, "payload": payload}),
+        None => json!({"type": kind, "from": from, "payload": payload}),
+    }
+}
+
+/// The keys of a JSON object, sorted.
+#[track_caller]
+pub fn key_set(value: &Value) -> BTreeSet<String> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("expected a JSON object, got {value}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Asserts that `value` is an object with exactly `keys`.
+#[track_caller]
+pub fn assert_keys(value: &Value, keys: &[&str], context: &str) {
+    let expected: BTreeSet<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    assert_eq!(key_set(value), expected, "{context}: wrong set of keys");
+}
+
+/// Asserts a `joined_at`: RFC 3339 UTC with milliseconds (`YYYY-MM-DDTHH:MM:SS.mmmZ`),
+/// a real instant within the last hour.
+#[track_caller]
+pub fn assert_timestamp(value: &Value) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("joined_at must be a string, got {value}"));
+    let shape_ok = text.len() == 24
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            23 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    assert!(
+        shape_ok,
+        "joined_at {text:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+    );
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("joined_at {text:?} is not RFC 3339: {e}"));
+    let age = time::OffsetDateTime::now_utc() - at;
+    assert!(
+        age > time::Duration::seconds(-60) && age < time::Duration::hours(1),
+        "joined_at {text:?} is not a recent instant"
+    );
+}
+
+/// Asserts a USER object: exactly user_id, room_id, joined_at, role; role `peer`.
+#[track_caller]
+pub fn assert_user(user: &Value, user_id: &str, room: &str) {
+    assert_keys(
+        user,
+        &["user_id", "room_id", "joined_at", "role"],
+        &format!("USER {user}"),
+    );
+    assert_eq!(user["user_id"], user_id, "USER {user}: user_id");
+    assert_eq!(user["room_id"], room, "USER {user}: room_id");
+    assert_eq!(user["role"], "peer", "USER {user}: role");
+    assert_timestamp(&user["joined_at"]);
+}
+
+/// Sorts a JSON array of USER objects by user_id.
+#[track_caller]
+pub fn sorted_users(users: &Value) -> Vec<Value> {
+    let mut list = users
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array of USER, got {users}"))
+        .clone();
+    list.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));
+    list
+}
+
+/// Asserts a `room_users` frame for `user` in `room` whose `users` are exactly
+/// `others` (any order); returns the newcomer's own USER (`self`).
+#[track_caller]
+pub fn assert_room_users(frame: &Value, room: &str, user: &str, others: &[&Value]) -> Value {
+    assert_keys(
+        frame,
+        &["type", "payload"],
+        &format!("room_users frame {frame}"),
+    );
+    assert_eq!(frame["type"], "room_users");
+    let payload = &frame["payload"];
+    assert_keys(
+        payload,
+        &["room_id", "self", "users"],
+        &format!("room_users payload {payload}"),
+    );
+    assert_eq!(payload["room_id"], room, "room_users room_id");
+    assert_user(&payload["self"], user, room);
+    let users = sorted_users(&payload["users"]);
+    for listed in &users {
+        let id = listed["user_id"].as_str().unwrap_or_default();
+        assert_user(listed, id, room);
+    }
+    let expected = sorted_users(&Value::Array(others.iter().map(|u| (*u).clone()).collect()));
+    assert!(
+        users == expected,
+        "room_users for {user}: wrong users\n  expected: {}\n    actual: {}",
+        Value::Array(expected.clone()),
+        Value::Array(users.clone())
+    );
+    payload["self"].clone()
+}
+
+/// Asserts `{"type":"error","payload":{"code":code,"message":"<text>",...}}`.
+#[track_caller]
+pub fn assert_error_frame(frame: &Value, code: &str, context: &str) {
+    assert_keys(
+        frame,
+        &["type", "payload"],
+        &format!("{context}: error frame {frame}"),
+    );
+    assert_eq!(
+        frame["type"], "error",
+        "{context}: expected an error frame, got {frame}"
+    );
+    assert_eq!(
+        frame["payload"]["code"], code,
+        "{context}: error code in {frame}"
+    );
+    assert!(
+        frame["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{context}: error message must be a non-empty string in {frame}"
+    );
+}
+
+/// Compares `frame` with `{"type":"error","payload":{"code","message",["id"],["target"]}}`
+/// (any non-empty message); describes the difference, if any.
+pub fn error_echo_mismatch(
+    frame: &Value,
+    code: &str,
+    id: Option<Value>,
+    target: Option<&str>,
+) -> Option<String> {
+    let message = &frame["payload"]["message"];
+    if message.as_str().is_none_or(str::is_empty) {
+        return Some(format!(
+            "expected an error frame with a non-empty message, got {frame}"
+        ));
+    }
+    let mut payload = json!({"code": code, "message": message});
+    if let Some(id) = id {
+        payload["id"] = id;
+    }
+    if let Some(target) = target {
+        payload["target"] = json!(target);
+    }
+    let expected = json!({"type": "error", "payload": payload});
+    (frame != &expected)
+        .then(|| format!("unexpected error frame\n  expected: {expected}\n    actual: {frame}"))
+}
+
+/// Asserts an HTTP error body `{"error":{"code":code,"message":"<text>"}}`.
+#[track_caller]
+pub fn assert_http_error(
+    status: u16,
+    body: &Value,
+    expected_status: u16,
+    code: &str,
+    context: &str,
+) {
+    assert_eq!(status, expected_status, "{context}: status (body {body})");
+    assert_keys(body, &["error"], &format!("{context}: body {body}"));
+    assert_keys(
+        &body["error"],
+        &["code", "message"],
+        &format!("{context}: body {body}"),
+    );
+    assert_eq!(
+        body["error"]["code"], code,
+        "{context}: error code in {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{context}: error message must be a non-empty string in {body}"
+    );
+}
+
+/// Asserts `GET /rooms/{room}/users` on `node` lists exactly `users` (any order).
+pub async fn assert_rest_members(node: &TestNode, room: &str, users: &[&Value]) {
+    let (status, body) = node.get(&format!("/rooms/{room}/users")).await;
+    let context = format!("GET /rooms/{room}/users on {}", node.node_id());
+    assert_eq!(status, 200, "{context}: status (body {body})");
+    assert_keys(
+        &body,
+        &["room_id", "users", "count"],
+        &format!("{context}: body {body}"),
+    );
+    assert_eq!(body["room_id"], room, "{context}: room_id");
+    assert_eq!(body["count"], users.len(), "{context}: count in {body}");
+    let actual = sorted_users(&body["users"]);
+    let expected = sorted_users(&Value::Array(users.iter().map(|u| (*u).clone()).collect()));
+    assert!(
+        actual == expected,
+        "{context}: wrong users\n  expected: {}\n    actual: {}",
+        Value::Array(expected.clone()),
+        Value::Array(actual.clone())
+    );
+}
+
+/// Asserts `GET /users/{user}` on `node` is `user` plus `node_id`.
+pub async fn assert_rest_user(node: &TestNode, user: &Value, node_id: &str) {
+    let id = user["user_id"].as_str().expect("USER has a user_id");
+    let (status, body) = node.get(&format!("/users/{id}")).await;
+    let mut expected = user.clone();
+    expected["node_id"] = json!(node_id);
+    assert_eq!(
+        status,
+        200,
+        "GET /users/{id} on {}: status (body {body})",
+        node.node_id()
+    );
+    assert!(
+        body == expected,
+        "GET /users/{id} on {}\n  expected: {expected}\n    actual: {body}",
+        node.node_id()
+    );
+}
