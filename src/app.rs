@@ -1,7 +1,7 @@
 //! The node assembled: shared state, the router, background tasks, and the drain.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,16 @@ pub struct AppState {
     /// for upgraded connections).
     pub tracker: TaskTracker,
     draining: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+}
+
+/// One admitted WebSocket; the slot is given back when the session ends.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl AppState {
@@ -59,7 +69,20 @@ impl AppState {
             sessions: CancellationToken::new(),
             tracker: TaskTracker::new(),
             draining: Arc::new(AtomicBool::new(false)),
+            connections: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Takes a connection slot, or `None` when the node is at `MAX_CONNECTIONS`.
+    pub fn try_admit(&self) -> Option<ConnectionSlot> {
+        let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        let slot = ConnectionSlot(self.connections.clone());
+        (before < self.config.max_connections).then_some(slot)
+    }
+
+    /// WebSocket sessions open on this node, including ones still joining.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     /// Whether the node is shutting down (readiness fails, new sessions are refused).

@@ -12,6 +12,9 @@
 //! | `RUST_LOG`, `LOG_FORMAT` | `info`, `text` | log filter; `json` for one JSON object per line |
 //! | `MAX_MESSAGE_BYTES` | `65536` | largest accepted frame; larger closes with 1009 |
 //! | `MAX_QUEUE_BYTES` | `1048576` | bound of one connection's outbound queue; overflow closes with 4413 |
+//! | `PING_INTERVAL_SECONDS` | `20` | server ping period (decimals allowed); silence for two periods closes with 4408 |
+//! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | `50`, `200` | per-connection token bucket; `0` per second turns it off |
+//! | `MAX_CONNECTIONS` | `10000` | WebSocket sessions per node; past it new ones close with 1013 |
 //!
 //! With neither `REDIS_URL` nor any `REDIS_*` variable set the node runs standalone.
 
@@ -79,6 +82,21 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Bound of the frames queued for one connection.
     pub max_queue_bytes: usize,
+    /// Server ping period; a client silent for two periods is dropped.
+    pub ping_interval: Duration,
+    /// Token refill rate per connection; `None` turns rate limiting off.
+    pub rate_limit: Option<RateLimit>,
+    /// Sessions this node accepts at once.
+    pub max_connections: usize,
+}
+
+/// A per-connection token bucket's shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size, and its content at connect.
+    pub burst: f64,
 }
 
 impl Config {
@@ -146,6 +164,42 @@ impl Config {
             ));
         }
 
+        let ping = match get("PING_INTERVAL_SECONDS") {
+            None => 20.0,
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.05 && *s <= 3600.0)
+                .ok_or_else(|| {
+                    invalid(
+                        "PING_INTERVAL_SECONDS",
+                        &v,
+                        "expected seconds from 0.05 to 3600",
+                    )
+                })?,
+        };
+        let per_second = parse_num::<u32>(&get, "RATE_LIMIT_PER_SECOND", 50)?;
+        let burst = parse_num::<u32>(&get, "RATE_LIMIT_BURST", 200)?;
+        let rate_limit = match (per_second, burst) {
+            (0, _) => None,
+            (_, 0) => {
+                return Err(invalid(
+                    "RATE_LIMIT_BURST",
+                    "0",
+                    "must be at least 1 while RATE_LIMIT_PER_SECOND is set",
+                ))
+            }
+            (p, b) => Some(RateLimit {
+                per_second: f64::from(p),
+                burst: f64::from(b),
+            }),
+        };
+        let max_connections = parse_num::<usize>(&get, "MAX_CONNECTIONS", 10_000)?;
+        if max_connections == 0 {
+            return Err(invalid("MAX_CONNECTIONS", "0", "must be at least 1"));
+        }
+
         Ok(Self {
             host,
             port,
@@ -157,6 +211,9 @@ impl Config {
             log_format,
             max_message_bytes,
             max_queue_bytes,
+            ping_interval: Duration::from_secs_f64(ping),
+            rate_limit,
+            max_connections,
         })
     }
 }
@@ -304,6 +361,15 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_message_bytes, 65536);
         assert_eq!(c.max_queue_bytes, 1 << 20);
+        assert_eq!(c.ping_interval, Duration::from_secs(20));
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                per_second: 50.0,
+                burst: 200.0
+            })
+        );
+        assert_eq!(c.max_connections, 10_000);
     }
 
     #[test]
@@ -340,5 +406,19 @@ mod tests {
         assert!(err_text(&[("MAX_MESSAGE_BYTES", "0")]).contains("MAX_MESSAGE_BYTES"));
         assert!(err_text(&[("ROOM_TTL_SECONDS", "0")]).contains("ROOM_TTL_SECONDS"));
         assert!(err_text(&[("NODE_ID", "a:b")]).contains("NODE_ID"));
+        assert!(err_text(&[("PING_INTERVAL_SECONDS", "0")]).contains("PING_INTERVAL_SECONDS"));
+        assert!(err_text(&[("RATE_LIMIT_BURST", "-3")]).contains("RATE_LIMIT_BURST"));
+        assert!(err_text(&[("MAX_CONNECTIONS", "0")]).contains("MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn short_pings_and_no_rate_limit_are_allowed() {
+        let c = parse(&[
+            ("PING_INTERVAL_SECONDS", "0.5"),
+            ("RATE_LIMIT_PER_SECOND", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.ping_interval, Duration::from_millis(500));
+        assert_eq!(c.rate_limit, None);
     }
 }

@@ -53,5 +53,24 @@ pub(super) async fn upgrade(
             ))
         });
     }
-    ws.on_upgrade(move |socket| tracker.track_future(session::run(socket, state, room, user)))
+    let Some(slot) = state.try_admit() else {
+        tracing::warn!(
+            limit = state.config.max_connections,
+            "connection refused: node at MAX_CONNECTIONS"
+        );
+        return ws.on_upgrade(move |socket| {
+            tracker.track_future(session::reject(
+                socket,
+                ErrorCode::Unavailable,
+                close_code::TRY_AGAIN_LATER,
+                "node at its connection limit; retry",
+            ))
+        });
+    };
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            session::run(socket, state, room, user).await;
+            drop(slot);
+        })
+    })
 }

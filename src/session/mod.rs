@@ -7,9 +7,11 @@
 //! awaits each relay before taking the next frame, which keeps per-sender order.
 
 pub mod outbox;
+mod rate;
 mod relay;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
@@ -54,6 +56,10 @@ impl End {
             End::Closed(CloseReason::Kicked) => Some(LeaveReason::Kicked),
             End::Closed(CloseReason::SlowConsumer) => Some(LeaveReason::Timeout),
             End::Closed(CloseReason::Shutdown) => Some(LeaveReason::Shutdown),
+            End::Closed(CloseReason::Timeout | CloseReason::NodeExpired) => {
+                Some(LeaveReason::Timeout)
+            }
+            End::Closed(CloseReason::RateLimited) => Some(LeaveReason::Left),
         }
     }
 
@@ -80,6 +86,21 @@ impl End {
                 Some(ErrorCode::Shutdown),
                 close_code::GOING_AWAY,
                 "node shutting down; reconnect",
+            )),
+            End::Closed(CloseReason::Timeout) => Some((
+                Some(ErrorCode::Timeout),
+                close_code::TIMEOUT,
+                "no answer to pings",
+            )),
+            End::Closed(CloseReason::RateLimited) => Some((
+                Some(ErrorCode::RateLimited),
+                close_code::RATE_LIMITED,
+                "sustained rate-limit abuse",
+            )),
+            End::Closed(CloseReason::NodeExpired) => Some((
+                Some(ErrorCode::Unavailable),
+                close_code::TRY_AGAIN_LATER,
+                "this node lost its cluster membership; reconnect",
             )),
         }
     }
@@ -193,8 +214,38 @@ async fn pump(
 ) -> (End, Option<FarewellSocket>) {
     let (mut sink, mut stream) = socket.split();
     let closed = inbox.close_token();
+    let started = Instant::now();
+    // Milliseconds since `started` of the last frame from the client; shared by the
+    // two halves of this one task (an atomic because the future must be Send).
+    let last_seen = AtomicU64::new(0);
+    let ping = state.config.ping_interval;
+    let mut limiter = rate::RateLimiter::new(state.config.rate_limit, started);
     let reader = async {
         while let Some(msg) = stream.next().await {
+            let now = Instant::now();
+            last_seen.store(millis_since(started, now), Ordering::Relaxed);
+            if matches!(msg, Ok(Message::Text(_) | Message::Binary(_))) {
+                match limiter.check(now) {
+                    rate::Verdict::Allow => {}
+                    rate::Verdict::Drop => {
+                        let id = match &msg {
+                            Ok(Message::Text(t)) => rejected_id(t.as_str()),
+                            _ => None,
+                        };
+                        outbox.push(error_frame(
+                            ErrorCode::RateLimited,
+                            "over the rate limit; the message was dropped",
+                            id.as_deref(),
+                            None,
+                        ));
+                        continue;
+                    }
+                    rate::Verdict::Abuse => {
+                        outbox.close(CloseReason::RateLimited);
+                        return End::Closed(CloseReason::RateLimited);
+                    }
+                }
+            }
             match msg {
                 Ok(Message::Text(text)) => {
                     relay::handle_text(state, room, user, outbox, text.as_str()).await
@@ -215,12 +266,29 @@ async fn pump(
         End::ClientGone
     };
     let writer = async {
-        while let Some(frame) = inbox.recv().await {
-            if sink.send(Message::Text(frame.into())).await.is_err() {
-                return End::ClientGone;
+        let mut heartbeat = tokio::time::interval_at((started + ping).into(), ping);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                frame = inbox.recv() => {
+                    let Some(frame) = frame else { return End::ClientGone };
+                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                        return End::ClientGone;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let silent = millis_since(started, Instant::now())
+                        .saturating_sub(last_seen.load(Ordering::Relaxed));
+                    if u128::from(silent) > 2 * ping.as_millis() {
+                        outbox.close(CloseReason::Timeout);
+                        return End::Closed(CloseReason::Timeout);
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::ClientGone;
+                    }
+                }
             }
         }
-        End::ClientGone
     };
     let end = tokio::select! {
         end = reader => end,
@@ -242,6 +310,26 @@ async fn pump(
         _ => Some(FarewellSocket { sink }),
     };
     (end, socket)
+}
+
+fn millis_since(start: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `id` of a frame dropped unparsed, so the `rate_limited` error can echo it.
+/// A cheap look only: a frame that is not a small JSON object with a string or
+/// number `id` echoes none.
+fn rejected_id(text: &str) -> Option<Box<serde_json::value::RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+    }
+    if !text.trim_start().starts_with('{') || text.len() > 4096 {
+        return None;
+    }
+    let id = serde_json::from_str::<IdOnly<'_>>(text).ok()?.id?;
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')).then(|| id.to_owned())
 }
 
 /// The writing half of a socket, kept for the last frames.

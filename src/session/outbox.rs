@@ -22,6 +22,13 @@ pub enum CloseReason {
     SlowConsumer,
     /// The node is shutting down.
     Shutdown,
+    /// No frame from the client for two ping intervals.
+    Timeout,
+    /// Frames dropped by the rate limit in 10 consecutive seconds.
+    RateLimited,
+    /// The cluster declared this node dead (it was paused past its heartbeat):
+    /// its sessions must not live on; clients reconnect.
+    NodeExpired,
 }
 
 /// The sending side, cheap to clone.
