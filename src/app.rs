@@ -119,6 +119,7 @@ pub async fn run(
     let background_tasks = TaskTracker::new();
     background_tasks.spawn(run_broker(state.broker.clone(), background.clone()));
     background_tasks.spawn(refresh_ttls(state.clone(), background.clone()));
+    background_tasks.spawn(crate::cluster::run(state.clone(), addr, background.clone()));
 
     let draining = state.clone();
     let served = axum::serve(listener, crate::http::router(state.clone()))
@@ -175,7 +176,7 @@ async fn refresh_ttls(state: AppState, cancel: CancellationToken) {
             .registry
             .snapshot()
             .into_iter()
-            .map(|(user, room, _)| (user, room))
+            .map(|(user, handle)| (user, handle.room_id))
             .collect();
         if let Err(e) = state.broker.refresh(&members).await {
             tracing::warn!(error = %e, users = members.len(), "TTL refresh failed");

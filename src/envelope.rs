@@ -2,13 +2,17 @@
 //!
 //! An envelope is a one-line header, `\n`, then a body:
 //! - `F\n{frame}`: write `{frame}` (final JSON text) to the user's current session.
+//! - `J {user_id} {session_id}\n{frame}`: a `user_joined` frame for that member's session.
+//! - `L {user_id} {session_id}\n{frame}`: a `user_left` frame.
 //! - `K {session_id} {reason}\n`: close that one session (`replaced`, `kicked`).
 //!
-//! The frame is serialized once, by the sending node, and written to the socket as
-//! is on the receiving one. Header fields after the first are ignored, so a later
-//! version can add some (a timestamp) without breaking older nodes in a rolling update.
-//! The Lua scripts in `broker/lua/` build `K` envelopes and `user_left` frames
-//! themselves; they follow this format.
+//! Frames are serialized once, by the sending node, and written to the socket as is
+//! on the receiving one. `J` and `L` carry the member in the header so the receiving
+//! node can track what each session was told about its room without parsing JSON
+//! (used to drop duplicates and to heal views after a fault). Header fields past
+//! the known ones are ignored, so a later version can add some (a timestamp) without
+//! breaking older nodes in a rolling update. The Lua scripts in `broker/lua/` build
+//! `K` and `L` envelopes themselves; they follow this format.
 
 use crate::ids::SessionId;
 
@@ -35,6 +39,18 @@ impl KickReason {
 pub enum Envelope<'a> {
     /// A finished frame for the user's current session.
     Frame(&'a str),
+    /// `user_joined` for `member`'s session `session`.
+    Joined {
+        member: &'a str,
+        session: SessionId,
+        frame: &'a str,
+    },
+    /// `user_left` for `member`.
+    Left {
+        member: &'a str,
+        session: SessionId,
+        frame: &'a str,
+    },
     /// Close one particular session of the user.
     Kick {
         session: SessionId,
@@ -50,6 +66,16 @@ pub fn frame(frame: &str) -> String {
     out
 }
 
+/// Wraps a `user_joined` frame for `member`.
+pub fn joined(member: &str, session: SessionId, frame: &str) -> String {
+    format!("J {member} {session}\n{frame}")
+}
+
+/// Wraps a `user_left` frame for `member`.
+pub fn left(member: &str, session: SessionId, frame: &str) -> String {
+    format!("L {member} {session}\n{frame}")
+}
+
 /// Asks whichever node holds `session` to close it.
 pub fn kick(session: SessionId, reason: KickReason) -> String {
     format!("K {session} {}\n", reason.as_str())
@@ -59,8 +85,26 @@ pub fn kick(session: SessionId, reason: KickReason) -> String {
 pub fn parse(text: &str) -> Option<Envelope<'_>> {
     let (header, body) = text.split_once('\n')?;
     let mut fields = header.split(' ');
-    match fields.next()? {
+    let kind = fields.next()?;
+    match kind {
         "F" => Some(Envelope::Frame(body)),
+        "J" | "L" => {
+            let member = fields.next()?;
+            let session = SessionId::parse(fields.next()?)?;
+            Some(if kind == "J" {
+                Envelope::Joined {
+                    member,
+                    session,
+                    frame: body,
+                }
+            } else {
+                Envelope::Left {
+                    member,
+                    session,
+                    frame: body,
+                }
+            })
+        }
         "K" => {
             let session = SessionId::parse(fields.next()?)?;
             let reason = match fields.next()? {
@@ -92,6 +136,22 @@ mod tests {
                 reason: KickReason::Replaced
             })
         );
+        assert_eq!(
+            parse(&joined("bob", s, "{}")),
+            Some(Envelope::Joined {
+                member: "bob",
+                session: s,
+                frame: "{}"
+            })
+        );
+        assert_eq!(
+            parse(&left("bob", s, "{}")),
+            Some(Envelope::Left {
+                member: "bob",
+                session: s,
+                frame: "{}"
+            })
+        );
     }
 
     #[test]
@@ -99,6 +159,7 @@ mod tests {
         assert_eq!(parse("F 123 x\n{}"), Some(Envelope::Frame("{}")));
         assert_eq!(parse("F{}"), None);
         assert_eq!(parse("K nope replaced\n"), None);
+        assert_eq!(parse("J bob nope\n{}"), None);
         assert_eq!(parse("X\n{}"), None);
     }
 }

@@ -10,7 +10,8 @@
 //! - [`protocol`]: every wire frame, error code and close code.
 //! - [`envelope`]: what nodes publish to each other on a user's channel.
 //! - [`broker`]: the seam to cluster state, with the Redis and memory engines.
-//! - [`registry`]: the sessions on this node and delivery to them.
+//! - [`registry`]: the sessions on this node, delivery to them and what each was told.
+//! - [`cluster`]: heartbeat, dead-node cleanup and recovery after Redis restarts.
 //! - [`session`]: one task per WebSocket: join, relay, leave.
 //! - [`http`]: REST, health, readiness and the WebSocket route.
 //! - [`app`]: shared state, background tasks and the drain on shutdown.
@@ -18,6 +19,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod envelope;
 pub mod http;

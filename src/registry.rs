@@ -1,13 +1,26 @@
 //! The sessions live on this node: `UserId -> SessionHandle`. The subscriber
 //! dispatches every delivery through it, and it decides when a user's channel is
 //! needed (first local session) and no longer needed (last one gone).
+//!
+//! It also keeps each session's *view*: the members (and their session ids) that
+//! the client has been told are in its room. Membership envelopes update it, which
+//! drops duplicate announcements, and [`Registry::reconcile`] compares it with the
+//! cluster's truth after a fault to announce the joins and leaves a client missed.
+//!
+//! While a session is joining, deliveries wait in a pending list: once the join
+//! snapshot (`room_users`) is known they are replayed through the view, so nothing
+//! overtakes `room_users` and no event older than the snapshot is shown twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::envelope::{self, Envelope, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
+use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User};
 use crate::session::outbox::{CloseReason, Outbox};
+
+/// Envelopes a joining session may accumulate before it counts as a slow consumer.
+const MAX_PENDING: usize = 4096;
 
 /// What the node knows about one local session.
 #[derive(Clone)]
@@ -18,12 +31,59 @@ pub struct SessionHandle {
     pub room_id: RoomId,
     /// Where deliveries go.
     pub outbox: Outbox,
+    /// When the session joined, kept to re-register it after Redis lost its state.
+    pub joined_at: String,
+    /// The member's role, kept for the same reason.
+    pub role: Role,
+}
+
+struct Entry {
+    handle: SessionHandle,
+    /// Members the client was told about, with the session each announcement was for.
+    view: HashMap<String, SessionId>,
+    /// `Some` until the join snapshot is applied.
+    pending: Option<Vec<String>>,
+}
+
+impl Entry {
+    fn apply(&mut self, env: Envelope<'_>) -> bool {
+        match env {
+            Envelope::Frame(frame) => self.handle.outbox.push(frame.to_owned()),
+            Envelope::Joined {
+                member,
+                session,
+                frame,
+            } => {
+                if self.view.get(member) == Some(&session) {
+                    return true;
+                }
+                self.view.insert(member.to_owned(), session);
+                self.handle.outbox.push(frame.to_owned())
+            }
+            Envelope::Left { member, frame, .. } => {
+                if self.view.remove(member).is_none() {
+                    return true;
+                }
+                self.handle.outbox.push(frame.to_owned())
+            }
+            Envelope::Kick { session, reason } => {
+                if self.handle.session_id != session {
+                    return false;
+                }
+                self.handle.outbox.close(match reason {
+                    KickReason::Replaced => CloseReason::Replaced,
+                    KickReason::Kicked => CloseReason::Kicked,
+                });
+                true
+            }
+        }
+    }
 }
 
 /// Local sessions by user id.
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<UserId, SessionHandle>>,
+    sessions: Mutex<HashMap<UserId, Entry>>,
 }
 
 impl Registry {
@@ -32,16 +92,39 @@ impl Registry {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, SessionHandle>> {
-        // A panic while holding this lock leaves the map itself consistent (every
-        // operation is a single insert/remove), so poisoning is safe to ignore.
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Entry>> {
+        // Every operation leaves the map consistent before anything can panic, so
+        // poisoning carries no broken invariant and is ignored.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes `handle` the user's local session. Returns the session it displaced,
-    /// which the caller must close as replaced.
+    /// Makes `handle` the user's local session, joining (deliveries held). Returns
+    /// the session it displaced, which the caller must close as replaced.
     pub fn insert(&self, user: UserId, handle: SessionHandle) -> Option<SessionHandle> {
-        self.lock().insert(user, handle)
+        let entry = Entry {
+            handle,
+            view: HashMap::new(),
+            pending: Some(Vec::new()),
+        };
+        self.lock().insert(user, entry).map(|e| e.handle)
+    }
+
+    /// Applies the join snapshot (`members`, newcomer excluded) and releases the
+    /// deliveries held meanwhile, in order, through the view.
+    pub fn activate(&self, user: &UserId, session: SessionId, members: &[(User, SessionId)]) {
+        let mut map = self.lock();
+        let Some(entry) = map.get_mut(user).filter(|e| e.handle.session_id == session) else {
+            return;
+        };
+        entry.view = members
+            .iter()
+            .map(|(u, s)| (u.user_id.clone(), *s))
+            .collect();
+        for text in entry.pending.take().unwrap_or_default() {
+            if let Some(env) = envelope::parse(&text) {
+                entry.apply(env);
+            }
+        }
     }
 
     /// Removes the user's session if it is still `session`. Returns true when the
@@ -49,7 +132,7 @@ impl Registry {
     pub fn remove(&self, user: &UserId, session: SessionId) -> bool {
         let mut map = self.lock();
         match map.get(user) {
-            Some(h) if h.session_id == session => {
+            Some(e) if e.handle.session_id == session => {
                 map.remove(user);
                 true
             }
@@ -72,17 +155,30 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Every local user with its room and session, for TTL refresh and resubscription.
-    pub fn snapshot(&self) -> Vec<(UserId, RoomId, SessionId)> {
+    /// Every local user with its session handle, for TTL refresh, resubscription
+    /// and re-registration.
+    pub fn snapshot(&self) -> Vec<(UserId, SessionHandle)> {
         self.lock()
             .iter()
-            .map(|(u, h)| (u.clone(), h.room_id.clone(), h.session_id))
+            .map(|(u, e)| (u.clone(), e.handle.clone()))
             .collect()
     }
 
-    /// Every local session's outbox, to close them all at shutdown.
-    pub fn outboxes(&self) -> Vec<Outbox> {
-        self.lock().values().map(|h| h.outbox.clone()).collect()
+    /// Rooms with at least one local member.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        let rooms: HashSet<RoomId> = self
+            .lock()
+            .values()
+            .map(|e| e.handle.room_id.clone())
+            .collect();
+        rooms.into_iter().collect()
+    }
+
+    /// Closes every local session for `reason`.
+    pub fn close_all(&self, reason: CloseReason) {
+        for entry in self.lock().values() {
+            entry.handle.outbox.close(reason);
+        }
     }
 
     /// Hands an envelope published on `user`'s channel to the local session.
@@ -93,52 +189,121 @@ impl Registry {
             tracing::warn!(user_id = user, "dropping malformed envelope");
             return false;
         };
-        let map = self.lock();
-        let Some(handle) = map.get(user) else {
+        let mut map = self.lock();
+        let Some(entry) = map.get_mut(user) else {
             return false;
         };
-        match env {
-            Envelope::Frame(frame) => handle.outbox.push(frame.to_owned()),
-            Envelope::Kick { session, reason } => {
-                if handle.session_id != session {
+        match (&mut entry.pending, env) {
+            (_, env @ Envelope::Kick { .. }) => entry.apply(env),
+            (Some(pending), _) => {
+                if pending.len() >= MAX_PENDING {
+                    entry.handle.outbox.close(CloseReason::SlowConsumer);
                     return false;
                 }
-                handle.outbox.close(match reason {
-                    KickReason::Replaced => CloseReason::Replaced,
-                    KickReason::Kicked => CloseReason::Kicked,
-                });
+                pending.push(text.to_owned());
                 true
             }
+            (None, env) => entry.apply(env),
         }
+    }
+
+    /// Brings the view of every local session in `room` in line with `truth` (the
+    /// room's members and sessions): announces members it missed and departures it
+    /// missed (as `timeout`). Returns the number of frames sent.
+    pub fn reconcile(&self, room: &RoomId, truth: &[(User, SessionId)]) -> usize {
+        let mut sent = 0;
+        let mut map = self.lock();
+        for (user, entry) in map.iter_mut() {
+            if entry.handle.room_id != *room || entry.pending.is_some() {
+                continue;
+            }
+            for (member, session) in truth {
+                if member.user_id == user.as_str()
+                    || entry.view.get(&member.user_id) == Some(session)
+                {
+                    continue;
+                }
+                entry.view.insert(member.user_id.clone(), *session);
+                entry.handle.outbox.push(user_joined_frame(member));
+                sent += 1;
+            }
+            let gone: Vec<String> = entry
+                .view
+                .keys()
+                .filter(|m| !truth.iter().any(|(t, _)| &t.user_id == *m))
+                .cloned()
+                .collect();
+            for member in gone {
+                entry.view.remove(&member);
+                entry.handle.outbox.push(user_left_frame(
+                    &member,
+                    room.as_str(),
+                    LeaveReason::Timeout,
+                ));
+                sent += 1;
+            }
+        }
+        sent
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::outbox;
+    use crate::session::outbox::{self, Inbox};
     use tokio_util::sync::CancellationToken;
 
+    fn user(id: &str) -> User {
+        User {
+            user_id: id.into(),
+            room_id: "r".into(),
+            joined_at: "2026-01-01T00:00:00.000Z".into(),
+            role: Role::Peer,
+        }
+    }
+
+    fn add(reg: &Registry, root: &CancellationToken, id: &str) -> (SessionId, Inbox) {
+        let (out, inbox) = outbox::channel(1 << 16, root);
+        let sid = SessionId::new();
+        let handle = SessionHandle {
+            session_id: sid,
+            room_id: RoomId::parse("r").unwrap(),
+            outbox: out,
+            joined_at: String::new(),
+            role: Role::Peer,
+        };
+        reg.insert(UserId::parse(id).unwrap(), handle);
+        (sid, inbox)
+    }
+
     #[tokio::test]
-    async fn delivers_frames_and_targeted_kicks() {
+    async fn holds_deliveries_until_the_snapshot_then_filters_them() {
         let root = CancellationToken::new();
         let reg = Registry::new();
-        let (out, mut inbox) = outbox::channel(1024, &root);
-        let sid = SessionId::new();
-        let user = UserId::parse("bob").unwrap();
-        let room = RoomId::parse("r").unwrap();
-        reg.insert(
-            user.clone(),
-            SessionHandle {
-                session_id: sid,
-                room_id: room,
-                outbox: out,
-            },
+        let (sid, mut inbox) = add(&reg, &root, "bob");
+        let (carol, dave) = (SessionId::new(), SessionId::new());
+        // carol is in the snapshot: her (stale) user_joined must not be shown again.
+        assert!(reg.deliver("bob", &envelope::joined("carol", carol, "J-carol")));
+        assert!(reg.deliver("bob", &envelope::joined("dave", dave, "J-dave")));
+        assert!(reg.deliver("bob", &envelope::frame("from-dave")));
+        reg.activate(
+            &UserId::parse("bob").unwrap(),
+            sid,
+            &[(user("carol"), carol)],
         );
+        assert_eq!(inbox.recv().await.as_deref(), Some("J-dave"));
+        assert_eq!(inbox.recv().await.as_deref(), Some("from-dave"));
+        // A user_left for someone never announced is dropped; for dave it goes through.
+        assert!(reg.deliver("bob", &envelope::left("eve", SessionId::new(), "L-eve")));
+        assert!(reg.deliver("bob", &envelope::left("dave", dave, "L-dave")));
+        assert_eq!(inbox.recv().await.as_deref(), Some("L-dave"));
+    }
 
-        assert!(reg.deliver("bob", &envelope::frame("{}")));
-        assert_eq!(inbox.recv().await.as_deref(), Some("{}"));
-        assert!(!reg.deliver("alice", &envelope::frame("{}")));
+    #[tokio::test]
+    async fn kicks_are_targeted_at_one_session() {
+        let root = CancellationToken::new();
+        let reg = Registry::new();
+        let (sid, inbox) = add(&reg, &root, "bob");
         assert!(!reg.deliver(
             "bob",
             &envelope::kick(SessionId::new(), KickReason::Replaced)
@@ -148,27 +313,38 @@ mod tests {
         assert_eq!(inbox.close_reason(), Some(CloseReason::Kicked));
     }
 
+    #[tokio::test]
+    async fn reconcile_announces_what_a_view_missed() {
+        let root = CancellationToken::new();
+        let reg = Registry::new();
+        let (sid, mut inbox) = add(&reg, &root, "bob");
+        let (carol, dave) = (SessionId::new(), SessionId::new());
+        reg.activate(
+            &UserId::parse("bob").unwrap(),
+            sid,
+            &[(user("carol"), carol)],
+        );
+        let room = RoomId::parse("r").unwrap();
+        let truth = [(user("bob"), sid), (user("dave"), dave)];
+        assert_eq!(reg.reconcile(&room, &truth), 2);
+        assert_eq!(inbox.recv().await, Some(user_joined_frame(&user("dave"))));
+        assert_eq!(
+            inbox.recv().await,
+            Some(user_left_frame("carol", "r", LeaveReason::Timeout))
+        );
+        assert_eq!(reg.reconcile(&room, &truth), 0);
+    }
+
     #[test]
     fn remove_never_drops_a_newer_session() {
         let root = CancellationToken::new();
         let reg = Registry::new();
-        let user = UserId::parse("bob").unwrap();
-        let room = RoomId::parse("r").unwrap();
-        let (old, new) = (SessionId::new(), SessionId::new());
-        for sid in [old, new] {
-            let (out, _inbox) = outbox::channel(16, &root);
-            reg.insert(
-                user.clone(),
-                SessionHandle {
-                    session_id: sid,
-                    room_id: room.clone(),
-                    outbox: out,
-                },
-            );
-        }
-        assert!(!reg.remove(&user, old));
+        let (old, _a) = add(&reg, &root, "bob");
+        let (new, _b) = add(&reg, &root, "bob");
+        let bob = UserId::parse("bob").unwrap();
+        assert!(!reg.remove(&bob, old));
         assert!(reg.contains("bob"));
-        assert!(reg.remove(&user, new));
+        assert!(reg.remove(&bob, new));
         assert!(reg.is_empty());
     }
 }

@@ -62,14 +62,19 @@ fn assert_user_hash(
     fields
 }
 
-/// Waits (bounded) until no key starts with `prefix`.
-async fn wait_no_keys(redis: &RedisServer, prefix: &str) {
-    let pattern = format!("{prefix}*");
-    let pattern = &pattern;
+/// Waits (bounded) until no room, user or node-session key is left under `prefix`
+/// (the live nodes' own heartbeat keys stay while they run).
+async fn wait_no_member_keys(redis: &RedisServer, prefix: &str) {
+    let patterns = [
+        format!("{prefix}room:*"),
+        format!("{prefix}user:*"),
+        format!("{prefix}node:*:sessions"),
+    ];
+    let patterns = &patterns;
     eventually(
         TIMEOUT,
-        format!("no key matching {pattern}"),
-        move || async move { redis.keys(pattern).is_empty() },
+        format!("no key matching {patterns:?}"),
+        move || async move { patterns.iter().all(|p| redis.keys(p).is_empty()) },
     )
     .await;
 }
@@ -126,7 +131,7 @@ async fn redis_layout_matches_the_contract_and_is_cleaned_up() {
     assert_rest_members(c.node(1), &room, &[&alice_user]).await;
 
     alice.close().await;
-    wait_no_keys(redis, c.prefix()).await;
+    wait_no_member_keys(redis, c.prefix()).await;
 }
 
 /// With ROOM_TTL_SECONDS=2, members active for 5 s keep their keys and stay listed.

@@ -37,6 +37,31 @@ impl Keys {
         format!("{}{user}", self.user_channel_prefix())
     }
 
+    /// `P nodes`: set of registered node ids.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// `P node:{id}`: the node's heartbeat (JSON info), with a short TTL.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    /// `P node:{id}:sessions`: hash user_id -> session_id of the node's sessions.
+    pub fn node_sessions(&self, node: &str) -> String {
+        format!("{}node:{node}:sessions", self.prefix)
+    }
+
+    /// `P node:{id}:dead`: set by the survivor that evicted the node's sessions.
+    pub fn node_dead(&self, node: &str) -> String {
+        format!("{}node:{node}:dead", self.prefix)
+    }
+
+    /// `P ch:node:{id}`: the node's own channel (subscription probe).
+    pub fn node_channel(&self, node: &str) -> String {
+        format!("{}ch:node:{node}", self.prefix)
+    }
+
     /// What every user channel starts with, to recover the user id from a channel name.
     pub fn user_channel_prefix(&self) -> String {
         format!("{}ch:user:", self.prefix)
@@ -54,5 +79,9 @@ mod tests {
         assert_eq!(k.user("bob"), "signal:user:bob");
         assert_eq!(k.user_channel("bob"), "signal:ch:user:bob");
         assert!(k.user_channel("bob").starts_with(&k.user_channel_prefix()));
+        assert_eq!(k.node("n1"), "signal:node:n1");
+        assert_eq!(k.node_sessions("n1"), "signal:node:n1:sessions");
+        assert_eq!(k.node_channel("n1"), "signal:ch:node:n1");
+        assert!(!k.node_channel("n1").starts_with(&k.user_channel_prefix()));
     }
 }

@@ -5,13 +5,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{sort_members, JoinRequest, Joined, LeaveRequest, RelayOutcome};
+use super::{sort_members, JoinRequest, Joined, LeaveRequest, Member, RelayOutcome};
 use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, User, UserInfo};
 use crate::registry::Registry;
 
-struct Member {
+struct Entry {
     room: RoomId,
     session: SessionId,
     user: User,
@@ -20,7 +20,7 @@ struct Member {
 #[derive(Default)]
 struct State {
     rooms: HashMap<RoomId, BTreeSet<UserId>>,
-    users: HashMap<UserId, Member>,
+    users: HashMap<UserId, Entry>,
 }
 
 /// In-memory rooms and users for a single node.
@@ -55,28 +55,30 @@ impl MemoryBroker {
                 &envelope::kick(old.session, KickReason::Replaced),
             );
             if old.room != req.room {
-                let left = envelope::frame(&user_left_frame(
-                    req.user.as_str(),
-                    old.room.as_str(),
-                    LeaveReason::Replaced,
-                ));
+                let frame =
+                    user_left_frame(req.user.as_str(), old.room.as_str(), LeaveReason::Replaced);
+                let left = envelope::left(req.user.as_str(), old.session, &frame);
                 self.remove_member(&mut state, &old.room, &req.user, &left);
             }
         }
-        let joined = envelope::frame(&user_joined_frame(&req.user_object()));
+        let joined = envelope::joined(
+            req.user.as_str(),
+            req.session,
+            &user_joined_frame(&req.user_object()),
+        );
         let room = state.rooms.entry(req.room.clone()).or_default();
         room.insert(req.user.clone());
         let others: Vec<UserId> = room.iter().filter(|m| **m != req.user).cloned().collect();
         let mut members = Vec::with_capacity(others.len());
         for m in &others {
             self.registry.deliver(m.as_str(), &joined);
-            if let Some(member) = state.users.get(m) {
-                members.push(member.user.clone());
+            if let Some(entry) = state.users.get(m) {
+                members.push((entry.user.clone(), entry.session));
             }
         }
         state.users.insert(
             req.user.clone(),
-            Member {
+            Entry {
                 room: req.room.clone(),
                 session: req.session,
                 user: req.user_object(),
@@ -106,11 +108,8 @@ impl MemoryBroker {
             _ => return false,
         }
         state.users.remove(&req.user);
-        let left = envelope::frame(&user_left_frame(
-            req.user.as_str(),
-            req.room.as_str(),
-            req.reason,
-        ));
+        let frame = user_left_frame(req.user.as_str(), req.room.as_str(), req.reason);
+        let left = envelope::left(req.user.as_str(), req.session, &frame);
         self.remove_member(&mut state, &req.room, &req.user, &left);
         true
     }
@@ -143,22 +142,22 @@ impl MemoryBroker {
             .count()
     }
 
-    pub(super) fn room_users(&self, room: &RoomId) -> Vec<User> {
+    pub(super) fn room_members(&self, room: &RoomId) -> Vec<Member> {
         let state = self.lock();
-        let mut users: Vec<User> = state
+        let mut members: Vec<Member> = state
             .rooms
             .get(room)
             .into_iter()
             .flatten()
-            .filter_map(|u| state.users.get(u).map(|m| m.user.clone()))
+            .filter_map(|u| state.users.get(u).map(|e| (e.user.clone(), e.session)))
             .collect();
-        sort_members(&mut users);
-        users
+        sort_members(&mut members);
+        members
     }
 
     pub(super) fn user(&self, user: &UserId) -> Option<UserInfo> {
-        self.lock().users.get(user).map(|m| UserInfo {
-            user: m.user.clone(),
+        self.lock().users.get(user).map(|e| UserInfo {
+            user: e.user.clone(),
             node_id: self.node_id.to_string(),
         })
     }

@@ -57,11 +57,14 @@ impl JoinRequest {
     }
 }
 
+/// A room member and the session it is connected with.
+pub type Member = (User, SessionId);
+
 /// What a successful join returns.
 #[derive(Debug)]
 pub struct Joined {
     /// The members already in the room, newcomer excluded, ordered by join time.
-    pub members: Vec<User>,
+    pub members: Vec<Member>,
     /// The session this join displaced, if the user was connected elsewhere.
     pub replaced: Option<SessionId>,
 }
@@ -166,9 +169,15 @@ impl Broker {
 
     /// The room's members, ordered by join time.
     pub async fn room_users(&self, room: &RoomId) -> Result<Vec<User>, BrokerError> {
+        let members = self.room_members(room).await?;
+        Ok(members.into_iter().map(|(user, _)| user).collect())
+    }
+
+    /// The room's members with their sessions, ordered by join time.
+    pub async fn room_members(&self, room: &RoomId) -> Result<Vec<Member>, BrokerError> {
         match self {
-            Self::Redis(b) => b.room_users(room).await,
-            Self::Memory(b) => Ok(b.room_users(room)),
+            Self::Redis(b) => b.room_members(room).await,
+            Self::Memory(b) => Ok(b.room_members(room)),
         }
     }
 
@@ -198,6 +207,6 @@ impl Broker {
 }
 
 /// Orders members as clients expect to see them: oldest first.
-fn sort_members(users: &mut [User]) {
-    users.sort_by(|a, b| (&a.joined_at, &a.user_id).cmp(&(&b.joined_at, &b.user_id)));
+fn sort_members(members: &mut [Member]) {
+    members.sort_by(|(a, _), (b, _)| (&a.joined_at, &a.user_id).cmp(&(&b.joined_at, &b.user_id)));
 }

@@ -2,12 +2,14 @@
 //! - relays (the hot path) over one multiplexed, auto-reconnecting connection, one
 //!   `EVALSHA` per message with no pool checkout; a session awaits each relay before
 //!   the next, so its messages leave in order;
-//! - joins, leaves, REST queries and TTL refreshes over a deadpool pool, so a slow
-//!   query never queues in front of relays.
+//! - joins, leaves, REST queries, TTL refreshes and node upkeep over a deadpool
+//!   pool, so a slow query never queues in front of relays.
 //!
 //! Deliveries come back through the [`Subscriber`]. Multi-key changes are Lua
-//! scripts (`lua/`), atomic and one round trip each.
+//! scripts (`lua/`), atomic and one round trip each. Whether Redis answers is
+//! tracked here and logged once per change, not once per failed command.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,17 +20,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
 use super::subscriber::Subscriber;
-use super::{sort_members, BrokerError, JoinRequest, Joined, LeaveRequest, RelayOutcome};
+use super::{sort_members, BrokerError, JoinRequest, Joined, LeaveRequest, Member, RelayOutcome};
 use crate::config::RedisTarget;
 use crate::envelope;
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
-use crate::protocol::{user_joined_frame, user_left_frame, Role, User, UserInfo};
-use crate::registry::Registry;
+use crate::protocol::{user_joined_frame, LeaveReason, Role, User, UserInfo};
+use crate::registry::{Registry, SessionHandle};
 
 /// Longest wait for one command, so a hung Redis turns into `unavailable`, not a hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL_SIZE: usize = 16;
+/// How long the dead marker of an evicted node is kept for it to find.
+const DEAD_MARKER_SECS: u64 = 3600;
 
 struct Scripts {
     join: Script,
@@ -36,6 +40,10 @@ struct Scripts {
     relay: Script,
     broadcast: Script,
     room_users: Script,
+    restore: Script,
+    heartbeat: Script,
+    dead_nodes: Script,
+    claim_dead: Script,
 }
 
 impl Scripts {
@@ -46,6 +54,10 @@ impl Scripts {
             relay: Script::new(include_str!("lua/relay.lua")),
             broadcast: Script::new(include_str!("lua/broadcast.lua")),
             room_users: Script::new(include_str!("lua/room_users.lua")),
+            restore: Script::new(include_str!("lua/restore.lua")),
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            dead_nodes: Script::new(include_str!("lua/dead_nodes.lua")),
+            claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
         }
     }
 }
@@ -59,6 +71,8 @@ pub struct RedisBroker {
     relay: ConnectionManager,
     subscriber: Arc<Subscriber>,
     scripts: Scripts,
+    /// Last known reachability, so a loss and a recovery are each logged once.
+    reachable: AtomicBool,
 }
 
 impl RedisBroker {
@@ -91,7 +105,13 @@ impl RedisBroker {
             .set_max_delay(Duration::from_secs(1));
         let relay = ConnectionManager::new_lazy_with_config(client.clone(), relay_config)?;
         let keys = Keys::new(prefix);
-        let subscriber = Arc::new(Subscriber::new(client, keys.clone(), registry));
+        let subscriber = Arc::new(Subscriber::new(
+            client,
+            relay.clone(),
+            keys.clone(),
+            node_id.clone(),
+            registry,
+        ));
         Ok(Self {
             keys,
             node_id,
@@ -100,12 +120,40 @@ impl RedisBroker {
             relay,
             subscriber,
             scripts: Scripts::load(),
+            reachable: AtomicBool::new(true),
         })
     }
 
     /// Keeps the subscriber connection up until `cancel`.
     pub async fn run(&self, cancel: CancellationToken) {
         self.subscriber.clone().run(cancel).await;
+    }
+
+    /// Counts subscriber (re)connections; a change means Redis may have lost state.
+    pub fn subscriber_epoch(&self) -> u64 {
+        self.subscriber.epoch()
+    }
+
+    /// Whether the subscriber connection is up.
+    pub fn subscriber_connected(&self) -> bool {
+        self.subscriber.is_connected()
+    }
+
+    /// Records the outcome of a command; logs only changes of reachability.
+    fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        match &result {
+            Ok(_) => {
+                if !self.reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!("redis reachable again");
+                }
+            }
+            Err(e) => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "redis unreachable: relays answer `unavailable`, joins are refused with 1013");
+                }
+            }
+        }
+        result
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
@@ -124,28 +172,38 @@ impl RedisBroker {
     }
 
     pub(super) async fn join(&self, req: &JoinRequest) -> Result<Joined, BrokerError> {
-        let joined = envelope::frame(&user_joined_frame(&req.user_object()));
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = self
-            .scripts
-            .join
-            .key(self.keys.room(req.room.as_str()))
-            .key(self.keys.user(req.user.as_str()))
-            .arg(req.user.as_str())
-            .arg(req.room.as_str())
-            .arg(req.session.to_string())
-            .arg(self.node_id.as_str())
-            .arg(&req.joined_at)
-            .arg(req.role.as_str())
-            .arg(self.ttl_secs)
-            .arg(self.keys.prefix())
-            .arg(joined)
-            .invoke_async(&mut *conn)
-            .await?;
+        let joined = envelope::joined(
+            req.user.as_str(),
+            req.session,
+            &user_joined_frame(&req.user_object()),
+        );
+        let result = async {
+            let mut conn = self.conn().await?;
+            let reply: Vec<String> = self
+                .scripts
+                .join
+                .key(self.keys.room(req.room.as_str()))
+                .key(self.keys.user(req.user.as_str()))
+                .key(self.keys.node_sessions(self.node_id.as_str()))
+                .arg(req.user.as_str())
+                .arg(req.room.as_str())
+                .arg(req.session.to_string())
+                .arg(self.node_id.as_str())
+                .arg(&req.joined_at)
+                .arg(req.role.as_str())
+                .arg(self.ttl_secs)
+                .arg(self.keys.prefix())
+                .arg(joined)
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(reply)
+        }
+        .await;
+        let reply = self.note(result)?;
         let (replaced, members) = reply
             .split_first()
             .ok_or_else(|| BrokerError::Reply("empty join reply".into()))?;
-        let mut members = users_from_triples(members, &req.room)?;
+        let mut members = members_from_quads(members, &req.room)?;
         sort_members(&mut members);
         Ok(Joined {
             members,
@@ -153,25 +211,34 @@ impl RedisBroker {
         })
     }
 
+    /// Session-guarded removal of `user`'s `session`, announced with `reason`.
+    async fn evict(
+        &self,
+        user: &str,
+        session: &str,
+        reason: LeaveReason,
+    ) -> Result<bool, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let removed: i64 = self
+                .scripts
+                .leave
+                .key(self.keys.user(user))
+                .arg(user)
+                .arg(session)
+                .arg(self.keys.prefix())
+                .arg(reason.as_str())
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(removed == 1)
+        }
+        .await;
+        self.note(result)
+    }
+
     pub(super) async fn leave(&self, req: &LeaveRequest) -> Result<bool, BrokerError> {
-        let left = envelope::frame(&user_left_frame(
-            req.user.as_str(),
-            req.room.as_str(),
-            req.reason,
-        ));
-        let mut conn = self.conn().await?;
-        let removed: i64 = self
-            .scripts
-            .leave
-            .key(self.keys.room(req.room.as_str()))
-            .key(self.keys.user(req.user.as_str()))
-            .arg(req.user.as_str())
-            .arg(req.session.to_string())
-            .arg(self.keys.prefix())
-            .arg(left)
-            .invoke_async(&mut *conn)
-            .await?;
-        Ok(removed == 1)
+        self.evict(req.user.as_str(), &req.session.to_string(), req.reason)
+            .await
     }
 
     pub(super) async fn relay_to_user(
@@ -181,15 +248,17 @@ impl RedisBroker {
         frame: &str,
     ) -> Result<RelayOutcome, BrokerError> {
         let mut conn = self.relay.clone();
-        let n: i64 = self
+        let result = self
             .scripts
             .relay
             .key(self.keys.room(room.as_str()))
             .key(self.keys.user_channel(target))
             .arg(target)
             .arg(envelope::frame(frame))
-            .invoke_async(&mut conn)
-            .await?;
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(BrokerError::from);
+        let n = self.note(result)?;
         Ok(match n {
             n if n < 0 => RelayOutcome::NotInRoom,
             0 => RelayOutcome::NotConnected,
@@ -204,40 +273,51 @@ impl RedisBroker {
         frame: &str,
     ) -> Result<usize, BrokerError> {
         let mut conn = self.relay.clone();
-        let n: i64 = self
+        let result = self
             .scripts
             .broadcast
             .key(self.keys.room(room.as_str()))
             .arg(sender.as_str())
             .arg(self.keys.prefix())
             .arg(envelope::frame(frame))
-            .invoke_async(&mut conn)
-            .await?;
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(BrokerError::from);
+        let n = self.note(result)?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    pub(super) async fn room_users(&self, room: &RoomId) -> Result<Vec<User>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = self
-            .scripts
-            .room_users
-            .key(self.keys.room(room.as_str()))
-            .arg(self.keys.prefix())
-            .arg(room.as_str())
-            .invoke_async(&mut *conn)
-            .await?;
-        let mut users = users_from_triples(&reply, room)?;
-        sort_members(&mut users);
-        Ok(users)
+    pub(super) async fn room_members(&self, room: &RoomId) -> Result<Vec<Member>, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let reply: Vec<String> = self
+                .scripts
+                .room_users
+                .key(self.keys.room(room.as_str()))
+                .arg(self.keys.prefix())
+                .arg(room.as_str())
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(reply)
+        }
+        .await;
+        let mut members = members_from_quads(&self.note(result)?, room)?;
+        sort_members(&mut members);
+        Ok(members)
     }
 
     pub(super) async fn user(&self, user: &UserId) -> Result<Option<UserInfo>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let fields: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys.user(user.as_str()))
-            .arg(&["room_id", "joined_at", "role", "node_id"])
-            .query_async(&mut *conn)
-            .await?;
+        let result = async {
+            let mut conn = self.conn().await?;
+            let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.user(user.as_str()))
+                .arg(&["room_id", "joined_at", "role", "node_id"])
+                .query_async(&mut *conn)
+                .await?;
+            Ok(fields)
+        }
+        .await;
+        let fields = self.note(result)?;
         let [Some(room_id), joined_at, role, node_id] = <[Option<String>; 4]>::try_from(fields)
             .map_err(|_| BrokerError::Reply("HMGET returned the wrong arity".into()))?
         else {
@@ -274,9 +354,13 @@ impl RedisBroker {
                 .arg(self.ttl_secs)
                 .ignore();
         }
-        let mut conn = self.conn().await?;
-        pipe.query_async::<()>(&mut *conn).await?;
-        Ok(())
+        let result = async {
+            let mut conn = self.conn().await?;
+            pipe.query_async::<()>(&mut *conn).await?;
+            Ok(())
+        }
+        .await;
+        self.note(result)
     }
 
     pub(super) async fn ready(&self) -> bool {
@@ -291,23 +375,179 @@ impl RedisBroker {
             Ok(Ok(_))
         )
     }
+
+    /// Refreshes this node's heartbeat key (TTL `ttl`) with `info`. Returns true when
+    /// a survivor had declared this node dead and evicted its sessions meanwhile.
+    pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        let me = self.node_id.as_str();
+        let result = async {
+            let mut conn = self.conn().await?;
+            let dead: i64 = self
+                .scripts
+                .heartbeat
+                .key(self.keys.node(me))
+                .key(self.keys.nodes())
+                .key(self.keys.node_sessions(me))
+                .key(self.keys.node_dead(me))
+                .arg(me)
+                .arg(info)
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                .arg(self.ttl_secs)
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(dead == 1)
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// Removes this node from the registry at a clean shutdown.
+    pub async fn deregister(&self) -> Result<(), BrokerError> {
+        let me = self.node_id.as_str();
+        let result = async {
+            let mut conn = self.conn().await?;
+            redis::pipe()
+                .atomic()
+                .del(self.keys.node(me))
+                .ignore()
+                .srem(self.keys.nodes(), me)
+                .ignore()
+                .query_async::<()>(&mut *conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// Registered nodes whose heartbeat expired.
+    pub async fn dead_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let dead: Vec<String> = self
+                .scripts
+                .dead_nodes
+                .key(self.keys.nodes())
+                .arg(self.keys.prefix())
+                .arg(self.node_id.as_str())
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(dead)
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// Claims a dead node and evicts its sessions (`user_left`, `timeout`). Returns
+    /// how many were evicted; zero when another survivor claimed it first.
+    pub async fn clean_dead_node(&self, node: &str) -> Result<usize, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let flat: Vec<String> = self
+                .scripts
+                .claim_dead
+                .key(self.keys.node(node))
+                .key(self.keys.node_sessions(node))
+                .key(self.keys.node_dead(node))
+                .key(self.keys.nodes())
+                .arg(node)
+                .arg(DEAD_MARKER_SECS)
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(flat)
+        }
+        .await;
+        let flat = self.note(result)?;
+        self.evict_pairs(&flat).await
+    }
+
+    /// Evicts sessions a previous run of this node left registered (it was killed
+    /// and restarted before anyone cleaned up), sparing the live local ones.
+    pub async fn clean_previous_run(&self, registry: &Registry) -> Result<usize, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let flat: Vec<String> = redis::cmd("HGETALL")
+                .arg(self.keys.node_sessions(self.node_id.as_str()))
+                .query_async(&mut *conn)
+                .await?;
+            Ok(flat)
+        }
+        .await;
+        let flat = self.note(result)?;
+        let live: std::collections::HashSet<String> = registry
+            .snapshot()
+            .into_iter()
+            .map(|(_, h)| h.session_id.to_string())
+            .collect();
+        let stale: Vec<String> = flat
+            .chunks_exact(2)
+            .filter(|pair| !live.contains(&pair[1]))
+            .flatten()
+            .cloned()
+            .collect();
+        self.evict_pairs(&stale).await
+    }
+
+    async fn evict_pairs(&self, flat: &[String]) -> Result<usize, BrokerError> {
+        let mut evicted = 0;
+        for pair in flat.chunks_exact(2) {
+            if self.evict(&pair[0], &pair[1], LeaveReason::Timeout).await? {
+                evicted += 1;
+            }
+        }
+        Ok(evicted)
+    }
+
+    /// Writes a live local session back after Redis lost it. Returns false when
+    /// another session owns the user now (this one is stale).
+    pub async fn restore(
+        &self,
+        user: &UserId,
+        handle: &SessionHandle,
+    ) -> Result<bool, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let restored: i64 = self
+                .scripts
+                .restore
+                .key(self.keys.room(handle.room_id.as_str()))
+                .key(self.keys.user(user.as_str()))
+                .key(self.keys.node_sessions(self.node_id.as_str()))
+                .arg(user.as_str())
+                .arg(handle.room_id.as_str())
+                .arg(handle.session_id.to_string())
+                .arg(self.node_id.as_str())
+                .arg(&handle.joined_at)
+                .arg(handle.role.as_str())
+                .arg(self.ttl_secs)
+                .invoke_async(&mut *conn)
+                .await?;
+            Ok(restored == 1)
+        }
+        .await;
+        self.note(result)
+    }
 }
 
-/// Decodes `{member, joined_at, role, ...}` from the scripts.
-fn users_from_triples(flat: &[String], room: &RoomId) -> Result<Vec<User>, BrokerError> {
-    if !flat.len().is_multiple_of(3) {
+/// Decodes `{member, joined_at, role, session_id, ...}` from the scripts.
+fn members_from_quads(flat: &[String], room: &RoomId) -> Result<Vec<Member>, BrokerError> {
+    if !flat.len().is_multiple_of(4) {
         return Err(BrokerError::Reply(format!(
             "member list of length {}",
             flat.len()
         )));
     }
-    Ok(flat
-        .chunks_exact(3)
-        .map(|t| User {
-            user_id: t[0].clone(),
-            room_id: room.to_string(),
-            joined_at: t[1].clone(),
-            role: Role::parse(&t[2]),
+    flat.chunks_exact(4)
+        .map(|q| {
+            let session = SessionId::parse(&q[3])
+                .ok_or_else(|| BrokerError::Reply(format!("bad session id for {}", q[0])))?;
+            let user = User {
+                user_id: q[0].clone(),
+                room_id: room.to_string(),
+                joined_at: q[1].clone(),
+                role: Role::parse(&q[2]),
+            };
+            Ok((user, session))
         })
-        .collect())
+        .collect()
 }

@@ -2,22 +2,27 @@
 //! hands each message to the registry. It is rebuilt with capped backoff when the
 //! connection drops, and every local user is resubscribed (in batches) on reconnect.
 //!
+//! A connection can look alive yet deliver nothing (a failover, a proxy that
+//! stopped forwarding). So the subscriber also holds the node's own channel and
+//! probes it: every [`PROBE_INTERVAL`] it publishes a nonce there and expects it
+//! back within [`PROBE_TIMEOUT`]; a lost probe rebuilds the connection.
+//!
 //! Subscribe and unsubscribe go through one lock that also holds the sink, and an
 //! unsubscribe re-checks the registry under it: a user who reconnects while its
 //! old session's unsubscribe is in flight can never end up without its channel.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use redis::aio::{PubSub, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, PubSub, PubSubSink, PubSubStream};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
 use super::BrokerError;
-use crate::ids::UserId;
+use crate::ids::{NodeId, UserId};
 use crate::registry::Registry;
 
 /// Longest wait for any pub/sub command.
@@ -25,32 +30,62 @@ const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE when resubscribing after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 500;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Short enough that a node is back within seconds of Redis.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the subscription is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a probe may take to come back before the connection is rebuilt.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Owner of the pub/sub connection.
 pub(super) struct Subscriber {
     client: redis::Client,
+    /// For publishing probes.
+    commands: ConnectionManager,
     keys: Keys,
+    node_channel: String,
     registry: Arc<Registry>,
     /// `None` while disconnected.
     sink: Mutex<Option<PubSubSink>>,
     connected: AtomicBool,
+    epoch: AtomicU64,
+}
+
+/// Why a connection stopped being used.
+enum Lost {
+    Stopping,
+    Closed,
+    ProbeLost,
 }
 
 impl Subscriber {
-    pub(super) fn new(client: redis::Client, keys: Keys, registry: Arc<Registry>) -> Self {
+    pub(super) fn new(
+        client: redis::Client,
+        commands: ConnectionManager,
+        keys: Keys,
+        node_id: NodeId,
+        registry: Arc<Registry>,
+    ) -> Self {
         Self {
             client,
+            commands,
+            node_channel: keys.node_channel(node_id.as_str()),
             keys,
             registry,
             sink: Mutex::new(None),
             connected: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         }
     }
 
     /// Whether the connection is up and every local user is subscribed.
     pub(super) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// How many times the connection has been (re)established.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Subscribes to `user`'s channel; resolves once Redis confirmed it.
@@ -76,8 +111,8 @@ impl Subscriber {
             return;
         }
         if let Some(sink) = guard.as_mut() {
-            // Failure leaves a stray subscription whose messages find no session and
-            // are dropped; the next reconnect does not restore it.
+            // A failure leaves a stray subscription whose messages find no session
+            // and are dropped; the next reconnect does not restore it.
             match tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(user_id = %user, error = %e, "unsubscribe failed"),
@@ -98,16 +133,22 @@ impl Subscriber {
             match connected {
                 Ok(stream) => {
                     if reported_down {
-                        tracing::info!("redis subscriber reconnected; local users resubscribed");
+                        tracing::info!(
+                            users = self.registry.len(),
+                            "redis subscriber reconnected; local users resubscribed"
+                        );
                     }
                     backoff = MIN_BACKOFF;
-                    self.pump(stream, &cancel).await;
+                    let lost = self.pump(stream, &cancel).await;
                     *self.sink.lock().await = None;
                     self.connected.store(false, Ordering::Release);
-                    if cancel.is_cancelled() {
-                        return;
+                    match lost {
+                        Lost::Stopping => return,
+                        Lost::Closed => tracing::error!("redis subscriber connection lost; reconnecting"),
+                        Lost::ProbeLost => tracing::error!(
+                            "redis subscriber delivers nothing (probe lost); rebuilding the connection"
+                        ),
                     }
-                    tracing::error!("redis subscriber connection lost; reconnecting");
                     reported_down = true;
                 }
                 Err(e) => {
@@ -133,32 +174,57 @@ impl Subscriber {
         let (mut sink, stream) = pubsub.split();
         // Held across the resubscription so no session's subscribe interleaves with it.
         let mut guard = self.sink.lock().await;
-        let channels: Vec<String> = self
-            .registry
-            .snapshot()
-            .iter()
-            .map(|(user, _, _)| self.keys.user_channel(user.as_str()))
-            .collect();
+        let mut channels: Vec<String> = vec![self.node_channel.clone()];
+        channels.extend(
+            self.registry
+                .snapshot()
+                .iter()
+                .map(|(user, _)| self.keys.user_channel(user.as_str())),
+        );
         for batch in channels.chunks(RESUBSCRIBE_BATCH) {
             tokio::time::timeout(OP_TIMEOUT, sink.subscribe(batch))
                 .await
                 .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))??;
         }
         *guard = Some(sink);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.connected.store(true, Ordering::Release);
         Ok(stream)
     }
 
-    /// Dispatches messages until the connection ends or the node stops.
-    async fn pump(&self, mut stream: PubSubStream, cancel: &CancellationToken) {
+    /// Dispatches messages until the connection ends, a probe is lost, or the node stops.
+    async fn pump(&self, mut stream: PubSubStream, cancel: &CancellationToken) -> Lost {
         let prefix = self.keys.user_channel_prefix();
+        let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The probe in flight: its nonce and when it was sent.
+        let mut outstanding: Option<(String, Instant)> = None;
         loop {
             let msg = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Lost::Stopping,
+                _ = probe_tick.tick() => {
+                    match &outstanding {
+                        Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => return Lost::ProbeLost,
+                        Some(_) => {}
+                        None => outstanding = self.send_probe().await,
+                    }
+                    continue;
+                }
                 msg = stream.next() => msg,
             };
-            let Some(msg) = msg else { return };
-            let Some(user) = msg.get_channel_name().strip_prefix(prefix.as_str()) else {
+            let Some(msg) = msg else { return Lost::Closed };
+            let channel = msg.get_channel_name();
+            if channel == self.node_channel {
+                let nonce = msg.get_payload_bytes();
+                if outstanding
+                    .as_ref()
+                    .is_some_and(|(n, _)| n.as_bytes() == nonce)
+                {
+                    outstanding = None;
+                }
+                continue;
+            }
+            let Some(user) = channel.strip_prefix(prefix.as_str()) else {
                 continue;
             };
             match std::str::from_utf8(msg.get_payload_bytes()) {
@@ -167,6 +233,20 @@ impl Subscriber {
                 }
                 Err(_) => tracing::warn!(user_id = user, "dropping non-UTF-8 envelope"),
             }
+        }
+    }
+
+    /// Publishes a probe on the node's channel. `None` when the publish itself
+    /// failed: that is the command path's outage, reported there, not a lost probe.
+    async fn send_probe(&self) -> Option<(String, Instant)> {
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.commands.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&self.node_channel).arg(&nonce);
+        let publish = cmd.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(OP_TIMEOUT, publish).await {
+            Ok(Ok(_)) => Some((nonce, Instant::now())),
+            _ => None,
         }
     }
 }

@@ -130,10 +130,19 @@ async fn serve(
 ) {
     tracing::info!("connected");
     let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
+    let request = JoinRequest {
+        room: room.clone(),
+        user: user.clone(),
+        session,
+        role: Role::Peer,
+        joined_at: now_rfc3339_millis(),
+    };
     let handle = SessionHandle {
         session_id: session,
         room_id: room.clone(),
         outbox: outbox.clone(),
+        joined_at: request.joined_at.clone(),
+        role: request.role,
     };
     if let Some(previous) = state.registry.insert(user.clone(), handle) {
         previous.outbox.close(CloseReason::Replaced);
@@ -153,13 +162,6 @@ async fn serve(
         .await;
         return;
     }
-    let request = JoinRequest {
-        room: room.clone(),
-        user: user.clone(),
-        session,
-        role: Role::Peer,
-        joined_at: now_rfc3339_millis(),
-    };
     let joined = match state.broker.join(&request).await {
         Ok(joined) => joined,
         Err(e) => {
@@ -183,8 +185,11 @@ async fn serve(
         "joined"
     );
 
-    // The queue may already hold deliveries; `room_users` still goes first.
-    let first = room_users_frame(&room, &request.user_object(), &joined.members);
+    // Deliveries that arrived meanwhile were held; they are released behind
+    // `room_users`, filtered against its snapshot.
+    let users: Vec<_> = joined.members.iter().map(|(u, _)| u.clone()).collect();
+    let first = room_users_frame(&room, &request.user_object(), &users);
+    state.registry.activate(&user, session, &joined.members);
     let end = match socket.send(Message::Text(first.into())).await {
         Ok(()) => pump(socket, &state, &room, &user, &outbox, &mut inbox).await,
         Err(_) => (End::ClientGone, None),

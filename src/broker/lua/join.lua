@@ -1,22 +1,25 @@
 -- Registers a session and announces it, atomically.
--- KEYS[1] room set, KEYS[2] user hash
+-- KEYS[1] room set, KEYS[2] user hash, KEYS[3] this node's sessions hash
 -- ARGV: 1 user_id, 2 room_id, 3 session_id, 4 node_id, 5 joined_at, 6 role,
---       7 ttl seconds, 8 key prefix, 9 user_joined envelope for the members
--- Returns { replaced session id or "", member, joined_at, role, member, ... }
+--       7 ttl seconds, 8 key prefix, 9 `J` envelope (user_joined) for the members
+-- Returns { replaced session id or "", member, joined_at, role, session_id, ... }
 local user, room, prefix = ARGV[1], ARGV[2], ARGV[8]
-local old = redis.call('HMGET', KEYS[2], 'room_id', 'session_id')
-local old_room, old_sid = old[1], old[2]
+local old = redis.call('HMGET', KEYS[2], 'room_id', 'session_id', 'node_id')
+local old_room, old_sid, old_node = old[1], old[2], old[3]
 
 -- One session per user cluster-wide: the old one is told to close (envelope.rs `K`).
 if old_sid then
   redis.call('PUBLISH', prefix .. 'ch:user:' .. user, 'K ' .. old_sid .. ' replaced\n')
+  if old_node then
+    redis.call('HDEL', prefix .. 'node:' .. old_node .. ':sessions', user)
+  end
 end
 -- Moving rooms: the old room hears `replaced`. Same room: members only see a new user_joined.
-if old_room and old_room ~= room then
+if old_sid and old_room and old_room ~= room then
   local old_key = prefix .. 'room:' .. old_room
   if redis.call('SREM', old_key, user) == 1 then
-    local left = 'F\n{"type":"user_left","payload":{"user_id":"' .. user ..
-      '","room_id":"' .. old_room .. '","reason":"replaced"}}'
+    local left = 'L ' .. user .. ' ' .. old_sid .. '\n{"type":"user_left","payload":{"user_id":"' ..
+      user .. '","room_id":"' .. old_room .. '","reason":"replaced"}}'
     for _, m in ipairs(redis.call('SMEMBERS', old_key)) do
       redis.call('PUBLISH', prefix .. 'ch:user:' .. m, left)
     end
@@ -28,15 +31,18 @@ redis.call('HSET', KEYS[2], 'room_id', room, 'joined_at', ARGV[5], 'role', ARGV[
   'node_id', ARGV[4], 'session_id', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('HSET', KEYS[3], user, ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
 
 local out = { old_sid or '' }
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if m ~= user then
-    local info = redis.call('HMGET', prefix .. 'user:' .. m, 'room_id', 'joined_at', 'role')
-    if info[1] == room then
+    local info = redis.call('HMGET', prefix .. 'user:' .. m, 'room_id', 'joined_at', 'role', 'session_id')
+    if info[1] == room and info[4] then
       out[#out + 1] = m
       out[#out + 1] = info[2] or ''
       out[#out + 1] = info[3] or 'peer'
+      out[#out + 1] = info[4]
       redis.call('PUBLISH', prefix .. 'ch:user:' .. m, ARGV[9])
     else
       -- A member whose hash expired or moved elsewhere is a ghost: drop it.

@@ -1,14 +1,26 @@
--- Removes a session's membership, only if the user hash still belongs to it, and
--- tells the remaining members. An emptied set disappears by itself.
--- KEYS[1] room set, KEYS[2] user hash
--- ARGV: 1 user_id, 2 session_id, 3 key prefix, 4 user_left envelope
+-- Removes a session, only if the user hash still belongs to it, and tells the
+-- remaining members of its room. Used for ordinary leaves and for evicting the
+-- sessions of a dead node. An emptied room set disappears by itself.
+-- KEYS[1] user hash
+-- ARGV: 1 user_id, 2 session_id, 3 key prefix, 4 reason (left, timeout, kicked, shutdown)
 -- Returns 1 when removed, 0 when the hash belongs to another session (or is gone).
-if redis.call('HGET', KEYS[2], 'session_id') ~= ARGV[2] then
+local user, sid, prefix = ARGV[1], ARGV[2], ARGV[3]
+local info = redis.call('HMGET', KEYS[1], 'session_id', 'room_id', 'node_id')
+if info[1] ~= sid then
   return 0
 end
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[1], ARGV[1])
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  redis.call('PUBLISH', ARGV[3] .. 'ch:user:' .. m, ARGV[4])
+redis.call('DEL', KEYS[1])
+if info[3] then
+  redis.call('HDEL', prefix .. 'node:' .. info[3] .. ':sessions', user)
+end
+if not info[2] then
+  return 1
+end
+local room_key = prefix .. 'room:' .. info[2]
+redis.call('SREM', room_key, user)
+local left = 'L ' .. user .. ' ' .. sid .. '\n{"type":"user_left","payload":{"user_id":"' ..
+  user .. '","room_id":"' .. info[2] .. '","reason":"' .. ARGV[4] .. '"}}'
+for _, m in ipairs(redis.call('SMEMBERS', room_key)) do
+  redis.call('PUBLISH', prefix .. 'ch:user:' .. m, left)
 end
 return 1
