@@ -53,13 +53,13 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, BrokerError> {
         let registry = Arc::new(Registry::new());
         let broker = match &config.redis {
-            Some(target) => Broker::Redis(RedisBroker::new(
+            Some(target) => Broker::Redis(Box::new(RedisBroker::new(
                 target,
                 &config.key_prefix,
                 config.node_id.clone(),
                 config.room_ttl,
                 registry.clone(),
-            )?),
+            )?)),
             None => Broker::Memory(MemoryBroker::new(registry.clone(), config.node_id.clone())),
         };
         Ok(Self {

@@ -92,7 +92,8 @@ pub enum RelayOutcome {
 /// The cluster engine in use.
 pub enum Broker {
     /// Several nodes sharing one Redis.
-    Redis(redis::RedisBroker),
+    /// Boxed: it is far larger than the memory engine, and built once per node.
+    Redis(Box<redis::RedisBroker>),
     /// One node, state in memory.
     Memory(memory::MemoryBroker),
 }

@@ -55,7 +55,7 @@ pub(super) struct Subscriber {
 enum Lost {
     Stopping,
     Closed,
-    ProbeLost,
+    Silent,
 }
 
 impl Subscriber {
@@ -145,7 +145,7 @@ impl Subscriber {
                     match lost {
                         Lost::Stopping => return,
                         Lost::Closed => tracing::error!("redis subscriber connection lost; reconnecting"),
-                        Lost::ProbeLost => tracing::error!(
+                        Lost::Silent => tracing::error!(
                             "redis subscriber delivers nothing (probe lost); rebuilding the connection"
                         ),
                     }
@@ -204,7 +204,7 @@ impl Subscriber {
                 _ = cancel.cancelled() => return Lost::Stopping,
                 _ = probe_tick.tick() => {
                     match &outstanding {
-                        Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => return Lost::ProbeLost,
+                        Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => return Lost::Silent,
                         Some(_) => {}
                         None => outstanding = self.send_probe().await,
                     }
