@@ -320,6 +320,21 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
     }))
 }
 
+/// The `id` (string or number) and string `target` of a frame that is dropped
+/// without being handled (over the rate limit), so its error can still echo them.
+pub fn echo_fields(text: &str) -> (Option<&RawValue>, Option<String>) {
+    if !text.trim_start().starts_with('{') || nesting_exceeds(text, MAX_NESTING) {
+        return (None, None);
+    }
+    match serde_json::from_str::<WireFrame<'_>>(text) {
+        Ok(wire) => (
+            wire.id.filter(|id| is_string_or_number(id)),
+            wire.target.and_then(as_string),
+        ),
+        Err(_) => (None, None),
+    }
+}
+
 /// Whether arrays/objects nest deeper than `limit`, counting outside strings only.
 /// One pass over the bytes, no recursion.
 fn nesting_exceeds(text: &str, limit: usize) -> bool {
@@ -615,6 +630,23 @@ mod tests {
             rejected(r#"{"type":"message","target":"bad id!"}"#),
             (InvalidTarget, None, Some("bad id!".into()))
         );
+    }
+
+    #[test]
+    fn dropped_frames_still_echo_id_and_target() {
+        let (id, target) =
+            echo_fields(r#"{"type":"message","target":"bob","id":"m1","payload":"x"}"#);
+        assert_eq!(
+            (id.map(|i| i.get()), target.as_deref()),
+            (Some(r#""m1""#), Some("bob"))
+        );
+        let big = format!(
+            r#"{{"type":"m","id":7,"target":"bob","payload":"{}"}}"#,
+            "x".repeat(10_000)
+        );
+        assert_eq!(echo_fields(&big).0.map(|i| i.get()), Some("7"));
+        assert!(echo_fields(r#"{"id":{},"target":5}"#).0.is_none());
+        assert_eq!(echo_fields("[1]").1, None);
     }
 
     #[test]

@@ -13,9 +13,12 @@ pub struct LogFilterError(String, String);
 pub fn init(config: &Config) -> Result<(), LogFilterError> {
     let filter = EnvFilter::try_new(&config.log_filter)
         .map_err(|e| LogFilterError(config.log_filter.clone(), e.to_string()))?;
+    // Colour codes only for a person at a terminal, never into files or log pipelines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder

@@ -21,7 +21,8 @@ use crate::app::AppState;
 use crate::broker::{JoinRequest, LeaveRequest};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::{
-    close_code, error_frame, now_rfc3339_millis, room_users_frame, ErrorCode, LeaveReason, Role,
+    close_code, echo_fields, error_frame, now_rfc3339_millis, room_users_frame, ErrorCode,
+    LeaveReason, Role,
 };
 use crate::registry::SessionHandle;
 use outbox::{CloseReason, Inbox, Outbox};
@@ -233,15 +234,15 @@ async fn pump(
                 match limiter.check(now) {
                     rate::Verdict::Allow => {}
                     rate::Verdict::Drop => {
-                        let id = match &msg {
-                            Ok(Message::Text(t)) => rejected_id(t.as_str()),
-                            _ => None,
+                        let (id, target) = match &msg {
+                            Ok(Message::Text(t)) => echo_fields(t.as_str()),
+                            _ => (None, None),
                         };
                         outbox.push(error_frame(
                             ErrorCode::RateLimited,
                             "over the rate limit; the message was dropped",
-                            id.as_deref(),
-                            None,
+                            id,
+                            target.as_deref(),
                         ));
                         continue;
                     }
@@ -319,22 +320,6 @@ async fn pump(
 
 fn millis_since(start: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The `id` of a frame dropped unparsed, so the `rate_limited` error can echo it.
-/// A cheap look only: a frame that is not a small JSON object with a string or
-/// number `id` echoes none.
-fn rejected_id(text: &str) -> Option<Box<serde_json::value::RawValue>> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly<'a> {
-        #[serde(borrow)]
-        id: Option<&'a serde_json::value::RawValue>,
-    }
-    if !text.trim_start().starts_with('{') || text.len() > 4096 {
-        return None;
-    }
-    let id = serde_json::from_str::<IdOnly<'_>>(text).ok()?.id?;
-    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')).then(|| id.to_owned())
 }
 
 /// The writing half of a socket, kept for the last frames.
