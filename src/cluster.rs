@@ -57,17 +57,8 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
             continue;
         }
         let epoch = redis.subscriber_epoch();
-        if epoch != seen_epoch {
-            let first = seen_epoch == 0;
-            seen_epoch = epoch;
-            if first {
-                clean_previous_run(&state, redis).await;
-            } else {
-                restore_sessions(&state, redis).await;
-                let now = Instant::now();
-                reconcile_at = RECONCILE_AFTER.iter().map(|d| now + *d).collect();
-            }
-        }
+        // A dead relay connection is found and replaced here, not by a client's message.
+        redis.ping_relay().await;
 
         let info = serde_json::json!({
             "node_id": state.config.node_id.as_str(),
@@ -78,20 +69,36 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
             "heartbeat_at": now_rfc3339_millis(),
         })
         .to_string();
-        match redis.heartbeat(&info, NODE_TTL).await {
+        // The beat comes first: a node declared dead must close its sessions, never
+        // write them back, even if its subscriber reconnected meanwhile.
+        let declared_dead = match redis.heartbeat(&info, NODE_TTL).await {
             // A marker found by the first beat was left for a previous run of this
             // node id, whose sessions are long gone; this run's are not stale.
-            Ok(true) if beaten => {
-                tracing::error!(
-                    sessions = state.registry.len(),
-                    "this node was declared dead while unreachable; closing its sessions (clients reconnect)"
-                );
-                state.registry.close_all(CloseReason::NodeExpired);
-            }
-            Ok(_) => {}
+            Ok(dead) => dead && beaten,
             Err(_) => continue, // logged by the broker, once per outage
-        }
+        };
         beaten = true;
+        if declared_dead {
+            tracing::error!(
+                sessions = state.registry.len(),
+                "this node was declared dead while unreachable; closing its sessions (clients reconnect)"
+            );
+            state.registry.close_all(CloseReason::NodeExpired);
+        }
+
+        if epoch != seen_epoch {
+            if seen_epoch == 0 {
+                clean_previous_run(&state, redis).await;
+            }
+            // Any connection after the first may face a Redis that lost its state
+            // (even one made before the first tick saw the node connected).
+            if epoch > 1 && !declared_dead {
+                restore_sessions(&state, redis).await;
+                let now = Instant::now();
+                reconcile_at = RECONCILE_AFTER.iter().map(|d| now + *d).collect();
+            }
+            seen_epoch = epoch;
+        }
 
         clean_dead_nodes(redis).await;
 

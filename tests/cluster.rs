@@ -8,16 +8,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-/// Connects `user` to `room` on `node` and returns the client and its own USER.
-async fn join(node: &TestNode, room: &str, user: &str) -> (TestClient, Value) {
-    let (client, frame) = TestClient::connect_join(node, room, user).await;
-    let me = frame["payload"]["self"].clone();
-    assert_user(&me, user, room);
-    (client, me)
-}
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()

@@ -7,19 +7,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::*;
 
 /// How long a node may take to drain and exit after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
-
-/// Connects `user` to `room` on `node` and returns the client and its own USER.
-async fn join(node: &TestNode, room: &str, user: &str) -> (TestClient, Value) {
-    let (client, frame) = TestClient::connect_join(node, room, user).await;
-    let me = frame["payload"]["self"].clone();
-    assert_user(&me, user, room);
-    (client, me)
-}
 
 /// Expects error `shutdown` then close 1001. Local room mates shutting down at the
 /// same moment (`also_leaving`) may be announced first with user_left "shutdown".

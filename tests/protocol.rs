@@ -8,23 +8,6 @@ mod support;
 use serde_json::{json, Value};
 use support::*;
 
-/// Connects `user` to `room` on `node` and returns the client and its own USER.
-async fn join(node: &TestNode, room: &str, user: &str) -> (TestClient, Value) {
-    let (client, frame) = TestClient::connect_join(node, room, user).await;
-    let me = frame["payload"]["self"].clone();
-    assert_user(&me, user, room);
-    (client, me)
-}
-
-/// Connects alice on node 0 and bob on node 1 into a fresh room; alice has seen bob join.
-async fn pair(c: &Cluster) -> (String, TestClient, Value, TestClient, Value) {
-    let room = room_id();
-    let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
-    let (bob, bob_user) = join(c.node(1), &room, "bob").await;
-    alice.expect_frame(&user_joined(&bob_user)).await;
-    (room, alice, alice_user, bob, bob_user)
-}
-
 // ---------------------------------------------------------------------------
 // Join sequence
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 pub mod keys;
 pub mod memory;
 pub mod redis;
+mod relay_conn;
 mod subscriber;
 
 use crate::ids::{RoomId, SessionId, UserId};

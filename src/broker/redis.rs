@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, Script};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
+use super::relay_conn::RelayConn;
 use super::subscriber::Subscriber;
 use super::{sort_members, BrokerError, JoinRequest, Joined, LeaveRequest, Member, RelayOutcome};
 use crate::config::RedisTarget;
@@ -31,6 +32,9 @@ use crate::registry::{Registry, SessionHandle};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL_SIZE: usize = 16;
+/// Checkout health check (a PING) bound: short, so after a network freeze the pool
+/// discards its dead connections quickly instead of 3 s apiece.
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the dead marker of an evicted node is kept for it to find.
 const DEAD_MARKER_SECS: u64 = 3600;
 
@@ -68,7 +72,7 @@ pub struct RedisBroker {
     node_id: NodeId,
     ttl_secs: u64,
     pool: Pool,
-    relay: ConnectionManager,
+    relay: RelayConn,
     subscriber: Arc<Subscriber>,
     scripts: Scripts,
     /// Last known reachability, so a loss and a recovery are each logged once.
@@ -95,7 +99,7 @@ impl RedisBroker {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(COMMAND_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(COMMAND_TIMEOUT))
+            .recycle_timeout(Some(RECYCLE_TIMEOUT))
             .build()
             .map_err(|e| BrokerError::Pool(e.to_string()))?;
         let relay_config = ConnectionManagerConfig::new()
@@ -103,11 +107,11 @@ impl RedisBroker {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let relay = ConnectionManager::new_lazy_with_config(client.clone(), relay_config)?;
+        let relay = RelayConn::new(client.clone(), relay_config)?;
         let keys = Keys::new(prefix);
         let subscriber = Arc::new(Subscriber::new(
             client,
-            relay.clone(),
+            pool.clone(),
             keys.clone(),
             node_id.clone(),
             registry,
@@ -241,24 +245,53 @@ impl RedisBroker {
             .await
     }
 
+    /// Runs `invocation` on the relay connection, replacing it when Redis stopped answering.
+    async fn relay_call(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<i64, BrokerError> {
+        let (generation, mut conn) = self.relay.get();
+        let result = invocation.invoke_async::<i64>(&mut conn).await;
+        if let Err(e) = &result {
+            self.relay.failed(generation, e);
+        }
+        self.note(result.map_err(BrokerError::from))
+    }
+
+    /// A PING over the relay connection, run with every heartbeat so a dead
+    /// connection is found and replaced by upkeep rather than by a client's message.
+    pub async fn ping_relay(&self) -> bool {
+        let (generation, mut conn) = self.relay.get();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(COMMAND_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                self.relay.failed(generation, &e);
+                false
+            }
+            Err(_) => {
+                let timeout =
+                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+                self.relay.failed(generation, &timeout);
+                false
+            }
+        }
+    }
+
     pub(super) async fn relay_to_user(
         &self,
         room: &RoomId,
         target: &str,
         frame: &str,
     ) -> Result<RelayOutcome, BrokerError> {
-        let mut conn = self.relay.clone();
-        let result = self
-            .scripts
-            .relay
+        let envelope = envelope::frame(frame);
+        let mut invocation = self.scripts.relay.prepare_invoke();
+        invocation
             .key(self.keys.room(room.as_str()))
             .key(self.keys.user_channel(target))
             .arg(target)
-            .arg(envelope::frame(frame))
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(BrokerError::from);
-        let n = self.note(result)?;
+            .arg(envelope);
+        let n = self.relay_call(&invocation).await?;
         Ok(match n {
             n if n < 0 => RelayOutcome::NotInRoom,
             0 => RelayOutcome::NotConnected,
@@ -272,18 +305,14 @@ impl RedisBroker {
         sender: &UserId,
         frame: &str,
     ) -> Result<usize, BrokerError> {
-        let mut conn = self.relay.clone();
-        let result = self
-            .scripts
-            .broadcast
+        let envelope = envelope::frame(frame);
+        let mut invocation = self.scripts.broadcast.prepare_invoke();
+        invocation
             .key(self.keys.room(room.as_str()))
             .arg(sender.as_str())
             .arg(self.keys.prefix())
-            .arg(envelope::frame(frame))
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(BrokerError::from);
-        let n = self.note(result)?;
+            .arg(envelope);
+        let n = self.relay_call(&invocation).await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
@@ -367,7 +396,7 @@ impl RedisBroker {
         if !self.subscriber.is_connected() {
             return false;
         }
-        let mut conn = self.relay.clone();
+        let (_, mut conn) = self.relay.get();
         let ping = redis::cmd("PING");
         let ping = ping.query_async::<String>(&mut conn);
         matches!(

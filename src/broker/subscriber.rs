@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, PubSub, PubSubSink, PubSubStream};
+use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +40,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Owner of the pub/sub connection.
 pub(super) struct Subscriber {
     client: redis::Client,
-    /// For publishing probes.
-    commands: ConnectionManager,
+    /// For publishing probes: pooled, so a probe never depends on the relay connection.
+    commands: deadpool_redis::Pool,
     keys: Keys,
     node_channel: String,
     registry: Arc<Registry>,
@@ -61,7 +61,7 @@ enum Lost {
 impl Subscriber {
     pub(super) fn new(
         client: redis::Client,
-        commands: ConnectionManager,
+        commands: deadpool_redis::Pool,
         keys: Keys,
         node_id: NodeId,
         registry: Arc<Registry>,
@@ -240,12 +240,14 @@ impl Subscriber {
     /// failed: that is the command path's outage, reported there, not a lost probe.
     async fn send_probe(&self) -> Option<(String, Instant)> {
         let nonce = uuid::Uuid::new_v4().to_string();
-        let mut conn = self.commands.clone();
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(&self.node_channel).arg(&nonce);
-        let publish = cmd.query_async::<i64>(&mut conn);
+        let publish = async {
+            let mut conn = self.commands.get().await.ok()?;
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&self.node_channel).arg(&nonce);
+            cmd.query_async::<i64>(&mut *conn).await.ok()
+        };
         match tokio::time::timeout(OP_TIMEOUT, publish).await {
-            Ok(Ok(_)) => Some((nonce, Instant::now())),
+            Ok(Some(_)) => Some((nonce, Instant::now())),
             _ => None,
         }
     }

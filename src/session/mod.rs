@@ -198,10 +198,12 @@ async fn serve(
     let (end, socket) = end;
     inbox.seal();
 
+    // Off the registry before leaving Redis: re-registration after a Redis restart
+    // works from the registry, and must never write back a session that is leaving.
+    forget(&state, &user, session).await;
     if let Some(reason) = end.leave_reason() {
         leave(&state, &room, &user, session, reason).await;
     }
-    forget(&state, &user, session).await;
     if let (Some(socket), Some((code, close, text))) = (socket, end.farewell()) {
         farewell(socket, code, close, text).await;
     }

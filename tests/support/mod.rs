@@ -456,6 +456,21 @@ impl TestNode {
         }
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        lock(&self.child).id()
+    }
+
+    /// The node's resident set size in KiB (`VmRSS` of `/proc/PID/status`), if readable.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+    }
+
     fn try_exit_status(&self) -> Option<ExitStatus> {
         lock(&self.child).try_wait().ok().flatten()
     }
@@ -714,6 +729,21 @@ impl TestClient {
         self.send(Message::binary(bytes)).await;
     }
 
+    /// Sends any WebSocket message, e.g. a hand-built `Message::Frame` (panics on failure).
+    pub async fn send_message(&mut self, message: Message) {
+        self.send(message).await;
+    }
+
+    /// Sends a message, reporting failure (the server may have closed the connection)
+    /// instead of panicking. Still bounded by TIMEOUT.
+    pub async fn try_send(&mut self, message: Message) -> Result<(), String> {
+        match tokio::time::timeout(TIMEOUT, self.ws.send(message)).await {
+            Err(_) => Err(format!("{}: send timed out", self.label)),
+            Ok(Err(e)) => Err(format!("{}: send failed: {e}", self.label)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
     async fn send(&mut self, message: Message) {
         tokio::time::timeout(TIMEOUT, self.ws.send(message))
             .await
@@ -817,6 +847,26 @@ impl TestClient {
                 "{}: expected nothing for {within:?}, got {event:?}",
                 self.label
             );
+        }
+    }
+
+    /// Like [`TestClient::expect_silence`], but reading keeps answering the server's
+    /// WebSocket pings; returns how many pings arrived within `within`.
+    pub async fn expect_silence_counting_pings(&mut self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut pings = 0;
+        loop {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                return pings;
+            };
+            match next {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                other => panic!(
+                    "{}: expected nothing but pings for {within:?}, got {other:?}",
+                    self.label
+                ),
+            }
         }
     }
 
@@ -1097,4 +1147,296 @@ pub async fn assert_rest_user(node: &TestNode, user: &Value, node_id: &str) {
         "GET /users/{id} on {}\n  expected: {expected}\n    actual: {body}",
         node.node_id()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Faults: signals to a node, a freezable TCP proxy, a keyspace watch
+// ---------------------------------------------------------------------------
+
+impl TestNode {
+    /// Starts a node with the given NODE_ID on `redis` (e.g. a new process that
+    /// takes over the id of a killed one) and waits until it is ready.
+    pub async fn start_named(
+        redis: &RedisServer,
+        prefix: &str,
+        node_id: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let mut env: Vec<(&str, &str)> = extra_env.to_vec();
+        env.retain(|(k, _)| *k != "NODE_ID");
+        env.push(("NODE_ID", node_id));
+        Self::start(Some(redis), prefix, &env).await
+    }
+
+    /// SIGKILL (no drain, no cleanup), then waits (bounded) until the process is gone.
+    pub async fn sigkill(&self) {
+        self.signal("KILL");
+        if self.wait_exit(TIMEOUT).await.is_none() {
+            panic!(
+                "node {} still running {TIMEOUT:?} after SIGKILL",
+                self.node_id
+            );
+        }
+    }
+
+    /// SIGSTOP, then waits (bounded) until the kernel reports the process stopped.
+    pub async fn sigstop(&self) {
+        self.signal("STOP");
+        let node = self;
+        eventually(
+            TIMEOUT,
+            format!("node {} to be stopped after SIGSTOP", self.node_id),
+            move || async move { node.process_state() == Some('T') },
+        )
+        .await;
+    }
+
+    /// SIGCONT, then waits (bounded) until the process is no longer stopped.
+    pub async fn sigcont(&self) {
+        self.signal("CONT");
+        let node = self;
+        eventually(
+            TIMEOUT,
+            format!("node {} to run again after SIGCONT", self.node_id),
+            move || async move { node.process_state().is_some_and(|s| s != 'T') },
+        )
+        .await;
+    }
+
+    /// Sends `SIG{name}` through `kill`, so the tests need no libc binding.
+    fn signal(&self, name: &str) {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{name} {pid} (node {}) failed",
+            self.node_id
+        );
+    }
+
+    /// The state letter of `/proc/PID/stat` (`R`, `S`, `T` for stopped, ...).
+    fn process_state(&self) -> Option<char> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // `pid (comm) S ...`: comm may hold spaces or parentheses, so split at the last ')'.
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+}
+
+/// A TCP proxy in front of a Redis port. [`TcpProxy::freeze`] makes every
+/// connection open at that moment stop forwarding in both directions while both
+/// of its sockets stay open (a hung middlebox, a half-dead failover), and lets new
+/// connections through normally. Dropping the proxy closes everything.
+pub struct TcpProxy {
+    port: u16,
+    /// One switch per connection accepted so far; `true` freezes it.
+    switches: std::sync::Arc<Mutex<Vec<tokio::sync::watch::Sender<bool>>>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to `127.0.0.1:upstream_port`.
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy on 127.0.0.1:0");
+        let port = listener.local_addr().expect("proxy local_addr").port();
+        let switches = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let registry = switches.clone();
+        let accept_task = tokio::spawn(async move {
+            // Owning the connection tasks here means aborting this task closes them all.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        let (switch, frozen) = tokio::sync::watch::channel(false);
+                        lock(&registry).push(switch);
+                        connections.spawn(proxy_connection(client, upstream_port, frozen));
+                    }
+                    Some(_) = connections.join_next() => {}
+                }
+            }
+        });
+        Self {
+            port,
+            switches,
+            accept_task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/0`, for a node's REDIS_URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Freezes every connection accepted so far; returns how many were still open.
+    pub fn freeze(&self) -> usize {
+        let switches = lock(&self.switches);
+        let open: Vec<_> = switches.iter().filter(|s| !s.is_closed()).collect();
+        for switch in &open {
+            switch.send_replace(true);
+        }
+        open.len()
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+async fn proxy_connection(
+    mut client: tokio::net::TcpStream,
+    upstream_port: u16,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+    else {
+        return; // Dropping the client socket refuses it, as a dead upstream would.
+    };
+    let froze = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => false,
+        Ok(_) = frozen.wait_for(|frozen| *frozen) => true,
+    };
+    if froze {
+        // Both sockets stay open and unread until the proxy is dropped.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Records Redis keyspace notifications for the keys matching a glob, to prove
+/// that a key was never written during a window (a poll could miss a brief write).
+pub struct KeyspaceWatch {
+    /// `(key, event)` in arrival order, e.g. `("p:user:alice", "hset")`.
+    events: std::sync::Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeyspaceWatch {
+    /// Turns keyspace notifications on in `redis` and subscribes to the keys that
+    /// match `key_glob` (in db 0); returns once Redis confirmed the subscription.
+    pub async fn start(redis: &RedisServer, key_glob: &str) -> Self {
+        use tokio::io::AsyncWriteExt;
+
+        redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "KA"]);
+        let pattern = format!("__keyspace@0__:{key_glob}");
+        let mut stream = tokio::time::timeout(
+            TIMEOUT,
+            tokio::net::TcpStream::connect(("127.0.0.1", redis.port())),
+        )
+        .await
+        .expect("keyspace watch: connect timed out")
+        .expect("keyspace watch: connect failed");
+        let command = format!(
+            "*2\r\n$10\r\nPSUBSCRIBE\r\n${}\r\n{pattern}\r\n",
+            pattern.len()
+        );
+        tokio::time::timeout(TIMEOUT, stream.write_all(command.as_bytes()))
+            .await
+            .expect("keyspace watch: sending PSUBSCRIBE timed out")
+            .expect("keyspace watch: send PSUBSCRIBE");
+        let mut reader = tokio::io::BufReader::new(stream);
+        let confirmation = tokio::time::timeout(TIMEOUT, read_resp(&mut reader))
+            .await
+            .expect("keyspace watch: no PSUBSCRIBE confirmation")
+            .expect("keyspace watch: reading the confirmation failed");
+        assert_eq!(
+            confirmation.first().map(String::as_str),
+            Some("psubscribe"),
+            "keyspace watch: unexpected reply {confirmation:?}"
+        );
+
+        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let prefix = "__keyspace@0__:";
+        let task = tokio::spawn(async move {
+            while let Ok(message) = read_resp(&mut reader).await {
+                if let [kind, _pattern, channel, event] = message.as_slice() {
+                    if kind == "pmessage" {
+                        let key = channel.strip_prefix(prefix).unwrap_or(channel).to_owned();
+                        lock(&sink).push((key, event.clone()));
+                    }
+                }
+            }
+        });
+        Self { events, task }
+    }
+
+    /// Every `(key, event)` seen so far.
+    pub fn events(&self) -> Vec<(String, String)> {
+        lock(&self.events).clone()
+    }
+}
+
+impl Drop for KeyspaceWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one RESP array of bulk strings and integers (what pub/sub sends) as strings.
+async fn read_resp(
+    reader: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> std::io::Result<Vec<String>> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+    async fn line(
+        reader: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    ) -> std::io::Result<String> {
+        let mut text = String::new();
+        if reader.read_line(&mut text).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(text.trim_end_matches("\r\n").to_owned())
+    }
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+
+    let header = line(reader).await?;
+    let count: usize = header
+        .strip_prefix('*')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad(format!("expected a RESP array, got {header:?}")))?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let item = line(reader).await?;
+        if let Some(len) = item.strip_prefix('$') {
+            let len: usize = len
+                .parse()
+                .map_err(|_| bad(format!("bad bulk length {item:?}")))?;
+            let mut bytes = vec![0; len + 2];
+            reader.read_exact(&mut bytes).await?;
+            bytes.truncate(len);
+            items.push(String::from_utf8_lossy(&bytes).into_owned());
+        } else if let Some(value) = item.strip_prefix(':') {
+            items.push(value.to_owned());
+        } else {
+            return Err(bad(format!("unexpected RESP item {item:?}")));
+        }
+    }
+    Ok(items)
+}
+
+/// Connects `user` to `room` on `node` and returns the client and its own USER.
+pub async fn join(node: &TestNode, room: &str, user: &str) -> (TestClient, Value) {
+    let (client, frame) = TestClient::connect_join(node, room, user).await;
+    let me = frame["payload"]["self"].clone();
+    assert_user(&me, user, room);
+    (client, me)
+}
+
+/// Connects alice on node 0 and bob on node 1 into a fresh room; alice has seen bob join.
+pub async fn pair(c: &Cluster) -> (String, TestClient, Value, TestClient, Value) {
+    let room = room_id();
+    let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
+    let (bob, bob_user) = join(c.node(1), &room, "bob").await;
+    alice.expect_frame(&user_joined(&bob_user)).await;
+    (room, alice, alice_user, bob, bob_user)
 }

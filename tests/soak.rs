@@ -1,0 +1,436 @@
+//! Soak: three nodes, about a thousand connections, a minute of churn (joins,
+//! leaves, replaced users, clients killed in the middle of a frame) around members
+//! that stay connected and keep messaging each other. At the end Redis holds
+//! exactly the live users and rooms, and no directed message between two members
+//! that stayed connected was lost or reordered (PROTOCOL.md section 5).
+//!
+//! `SOAK_SECONDS` sets the churn phase (default 60); `SOAK_ROOMS` the number of
+//! rooms (default 100, ten users each: six stay, four churn).
+
+#[macro_use]
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+const STABLE_PER_ROOM: usize = 6;
+const CHURN_PER_ROOM: usize = 4;
+/// How long the stable members may take to receive everything once sending stops.
+const DRAIN: Duration = Duration::from_secs(20);
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small deterministic PRNG (xorshift64*), so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+async fn connect(url: &str) -> Option<Ws> {
+    let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .ok()?
+        .ok()?;
+    Some(ws)
+}
+
+/// Reads until `room_users`; `None` if the connection ends first.
+async fn await_room_users(ws: &mut Ws) -> Option<()> {
+    loop {
+        let msg = tokio::time::timeout(TIMEOUT, ws.next()).await.ok()??.ok()?;
+        if let Message::Text(text) = msg {
+            let v: Value = serde_json::from_str(&text).ok()?;
+            return (v["type"] == "room_users").then_some(());
+        }
+    }
+}
+
+/// What a stable member saw: per sender, the sequence numbers in arrival order,
+/// plus any error frame it got.
+#[derive(Default)]
+struct Received {
+    seqs: HashMap<String, Vec<u64>>,
+    errors: Vec<Value>,
+}
+
+/// The run's phases and tallies, shared by every stable member.
+#[derive(Clone)]
+struct Phases {
+    /// Every stable member has joined: sending may start.
+    start: watch::Receiver<bool>,
+    /// Churn is over: sending stops.
+    stop: watch::Receiver<bool>,
+    /// Everything has been received: members hang up and report.
+    done: watch::Receiver<bool>,
+    sent_total: Arc<AtomicU64>,
+    received_total: Arc<AtomicU64>,
+}
+
+/// A member that stays for the whole run: between `start` and `stop` it sends
+/// `message` frames with a per-target sequence number to random stable peers in its
+/// room, and it records everything it receives until `done`.
+async fn stable_member(
+    mut ws: Ws,
+    me: String,
+    peers: Vec<String>,
+    seed: u64,
+    mut phases: Phases,
+) -> (HashMap<String, u64>, Received) {
+    let mut rng = Rng(seed | 1);
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut received = Received::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(400 + rng.below(400)));
+    let mut sending = false;
+    let mut started = false;
+    let (sent_total, received_total) = (phases.sent_total.clone(), phases.received_total.clone());
+    loop {
+        tokio::select! {
+            _ = phases.start.changed(), if !started => {
+                started = true;
+                sending = !*phases.stop.borrow();
+            }
+            _ = tick.tick(), if sending => {
+                let target = peers[rng.below(peers.len() as u64) as usize].clone();
+                let seq = sent.entry(target.clone()).or_insert(0);
+                *seq += 1;
+                let frame = json!({"type": "message", "target": target, "payload": {"seq": *seq, "from": me}});
+                if ws.send(Message::text(frame.to_string())).await.is_err() {
+                    received.errors.push(json!({"local": "send failed"}));
+                    break;
+                }
+                sent_total.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = phases.stop.changed(), if sending => sending = false,
+            _ = phases.done.changed() => break,
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else {
+                    received.errors.push(json!({"local": "connection ended"}));
+                    break;
+                };
+                let Message::Text(text) = msg else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                match v["type"].as_str() {
+                    Some("message") => {
+                        let from = v["from"].as_str().unwrap_or_default().to_owned();
+                        if let Some(seq) = v["payload"]["seq"].as_u64() {
+                            if peers.contains(&from) {
+                                received.seqs.entry(from).or_default().push(seq);
+                                received_total.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Some("error") => received.errors.push(v),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    (sent, received)
+}
+
+/// What churners did, for the summary.
+#[derive(Default)]
+struct ChurnStats {
+    joins: AtomicU64,
+    closes: AtomicU64,
+    kills: AtomicU64,
+    replacements: AtomicU64,
+}
+
+/// A user that comes and goes until `stop`: joins on a random node, talks a little,
+/// then closes, is killed mid-frame, or is replaced by a new connection elsewhere.
+/// It ends disconnected.
+async fn churner(
+    urls: Vec<String>,
+    room: String,
+    user: String,
+    stable: Vec<String>,
+    seed: u64,
+    stop: watch::Receiver<bool>,
+    stats: Arc<ChurnStats>,
+) {
+    let mut rng = Rng(seed | 1);
+    let url = |rng: &mut Rng| {
+        format!(
+            "{}/ws/{room}/{user}",
+            urls[rng.below(urls.len() as u64) as usize]
+        )
+    };
+    let mut current: Option<Ws> = None;
+    while !*stop.borrow() {
+        let mut ws = match current.take() {
+            Some(ws) => ws,
+            None => {
+                let Some(mut ws) = connect(&url(&mut rng)).await else {
+                    continue;
+                };
+                if await_room_users(&mut ws).await.is_none() {
+                    continue;
+                }
+                stats.joins.fetch_add(1, Ordering::Relaxed);
+                ws
+            }
+        };
+        // Say something to a stable member (they ignore non-stable senders).
+        let target = &stable[rng.below(stable.len() as u64) as usize];
+        let _ = ws
+            .send(Message::text(
+                json!({"type": "message", "target": target, "payload": "hi"}).to_string(),
+            ))
+            .await;
+        let linger = Duration::from_millis(100 + rng.below(1500));
+        let _ = tokio::time::timeout(linger, async { while let Some(Ok(_)) = ws.next().await {} })
+            .await;
+        match rng.below(3) {
+            0 => {
+                let _ = ws.close(None).await;
+                stats.closes.fetch_add(1, Ordering::Relaxed);
+            }
+            1 => {
+                // Killed in the middle of a frame: a header promising 100 bytes, 3 sent.
+                if let MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+                    let _ = tcp
+                        .write_all(&[0x81, 0xE4, 1, 2, 3, 4, b'{', b'"', b't'])
+                        .await;
+                }
+                drop(ws);
+                stats.kills.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                // Replaced: the same user connects again, anywhere; the old one is closed by the server.
+                if let Some(mut next) = connect(&url(&mut rng)).await {
+                    if await_room_users(&mut next).await.is_some() {
+                        stats.replacements.fetch_add(1, Ordering::Relaxed);
+                        current = Some(next);
+                    }
+                }
+                drop(ws);
+            }
+        }
+    }
+    if let Some(mut ws) = current {
+        let _ = ws.close(None).await;
+    }
+}
+
+/// Redis holds exactly the stable members: room sets, user hashes, node session lists.
+fn redis_matches(c: &Cluster, rooms: &HashMap<String, Vec<String>>) -> Result<(), String> {
+    let redis = c.redis_server();
+    let p = c.prefix();
+    let room_keys = redis.keys(&format!("{p}room:*"));
+    let expected_rooms: BTreeSet<String> = rooms.keys().map(|r| c.room_key(r)).collect();
+    if room_keys != expected_rooms {
+        let extra: Vec<_> = room_keys.difference(&expected_rooms).collect();
+        let missing: Vec<_> = expected_rooms.difference(&room_keys).collect();
+        return Err(format!("room keys: extra {extra:?}, missing {missing:?}"));
+    }
+    for (room, members) in rooms {
+        let actual = redis.smembers(&c.room_key(room));
+        let expected: BTreeSet<String> = members.iter().cloned().collect();
+        if actual != expected {
+            return Err(format!("room {room}: {actual:?} != {expected:?}"));
+        }
+    }
+    let user_keys = redis.keys(&format!("{p}user:*"));
+    let expected_users: BTreeSet<String> =
+        rooms.values().flatten().map(|u| c.user_key(u)).collect();
+    if user_keys != expected_users {
+        let extra: Vec<_> = user_keys.difference(&expected_users).collect();
+        return Err(format!(
+            "user keys: {} vs {} expected, extra {extra:?}",
+            user_keys.len(),
+            expected_users.len()
+        ));
+    }
+    let mut registered = BTreeSet::new();
+    for key in redis.keys(&format!("{p}node:*:sessions")) {
+        registered.extend(redis.hgetall(&key).into_keys());
+    }
+    let expected: BTreeSet<String> = rooms.values().flatten().cloned().collect();
+    if registered != expected {
+        let extra: Vec<_> = registered.difference(&expected).collect();
+        return Err(format!("node session lists: extra {extra:?}"));
+    }
+    Ok(())
+}
+
+/// A minute of churn around stable members loses and reorders nothing, and leaks no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_loses_nothing_and_leaks_nothing() {
+    let seconds = env_or("SOAK_SECONDS", 60);
+    let room_count = env_or("SOAK_ROOMS", 100) as usize;
+    let c = Cluster::redis_with(3, &[("RATE_LIMIT_PER_SECOND", "0")]).await;
+    let urls: Vec<String> = (0..3)
+        .map(|i| c.node(i).http_url().replacen("http", "ws", 1))
+        .collect();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+
+    let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
+    for r in 0..room_count {
+        let room = format!("soak-{run}-{r}");
+        let members = (0..STABLE_PER_ROOM).map(|i| format!("s{r}x{i}")).collect();
+        rooms.insert(room, members);
+    }
+
+    // Stable members join first, so they can address each other from the start.
+    let (start_tx, start_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let received_total = Arc::new(AtomicU64::new(0));
+    let phases = Phases {
+        start: start_rx,
+        stop: stop_rx.clone(),
+        done: done_rx,
+        sent_total: sent_total.clone(),
+        received_total: received_total.clone(),
+    };
+    let mut stable_tasks = Vec::new();
+    let mut seed = 0x5EED_u64;
+    for (room, members) in &rooms {
+        for (i, me) in members.iter().enumerate() {
+            let url = format!("{}/ws/{room}/{me}", urls[i % 3]);
+            let mut ws = connect(&url)
+                .await
+                .unwrap_or_else(|| panic!("{me} could not connect"));
+            await_room_users(&mut ws)
+                .await
+                .unwrap_or_else(|| panic!("{me} got no room_users"));
+            let peers: Vec<String> = members.iter().filter(|m| *m != me).cloned().collect();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            stable_tasks.push((
+                me.clone(),
+                tokio::spawn(stable_member(ws, me.clone(), peers, seed, phases.clone())),
+            ));
+        }
+    }
+
+    start_tx.send(true).expect("start signal");
+    let stats = Arc::new(ChurnStats::default());
+    let mut churn_tasks = Vec::new();
+    for (r, (room, members)) in rooms.iter().enumerate() {
+        for i in 0..CHURN_PER_ROOM {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            churn_tasks.push(tokio::spawn(churner(
+                urls.clone(),
+                room.clone(),
+                format!("c{r}x{i}"),
+                members.clone(),
+                seed,
+                stop_rx.clone(),
+                stats.clone(),
+            )));
+        }
+    }
+
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await; // the soak itself, not a synchronisation
+    stop_tx.send(true).expect("stop signal");
+    for task in churn_tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("a churner did not stop within 30 s")
+            .expect("churner panicked");
+    }
+    let churned = started.elapsed();
+
+    eventually(
+        Duration::from_secs(20),
+        "Redis holds exactly the stable members",
+        || async { redis_matches(&c, &rooms).is_ok() },
+    )
+    .await;
+    if let Err(e) = redis_matches(&c, &rooms) {
+        panic!("{e}");
+    }
+    // Sending stopped with the churn; wait until every sent message has been received
+    // (if one was lost this times out, and the tally below names the pair).
+    let (sent_ref, received_ref) = (&sent_total, &received_total);
+    let drained = tokio::time::timeout(DRAIN, async move {
+        while received_ref.load(Ordering::Relaxed) < sent_ref.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("soak: not every message arrived within {DRAIN:?}; the tally names the pairs");
+    }
+    done_tx.send(true).expect("done signal");
+
+    let mut sent: HashMap<(String, String), u64> = HashMap::new();
+    let mut got: HashMap<(String, String), Vec<u64>> = HashMap::new();
+    let mut errors = Vec::new();
+    for (me, task) in stable_tasks {
+        let (s, r) = tokio::time::timeout(DRAIN, task)
+            .await
+            .unwrap_or_else(|_| panic!("{me} did not finish"))
+            .expect("stable member panicked");
+        for (target, n) in s {
+            sent.insert((me.clone(), target), n);
+        }
+        for (from, seqs) in r.seqs {
+            got.insert((from, me.clone()), seqs);
+        }
+        errors.extend(r.errors.into_iter().map(|e| (me.clone(), e)));
+    }
+    assert!(
+        errors.is_empty(),
+        "stable members got errors: {:?}",
+        &errors[..errors.len().min(10)]
+    );
+    let mut delivered = 0;
+    for ((from, to), n) in &sent {
+        let seqs = got.remove(&(from.clone(), to.clone())).unwrap_or_default();
+        let expected: Vec<u64> = (1..=*n).collect();
+        assert_eq!(seqs, expected, "{from} -> {to}: lost or reordered messages");
+        delivered += seqs.len();
+    }
+    assert!(
+        got.values().all(Vec::is_empty),
+        "messages nobody sent: {got:?}"
+    );
+    eprintln!(
+        "soak: {} stable members in {room_count} rooms on 3 nodes, {} churners for {churned:?}: \
+         {} churn joins, {} closes, {} mid-frame kills, {} replacements; \
+         {delivered} directed messages between stable members, all in order",
+        room_count * STABLE_PER_ROOM,
+        room_count * CHURN_PER_ROOM,
+        stats.joins.load(Ordering::Relaxed),
+        stats.closes.load(Ordering::Relaxed),
+        stats.kills.load(Ordering::Relaxed),
+        stats.replacements.load(Ordering::Relaxed),
+    );
+    assert!(delivered as u64 == sent_total.load(Ordering::Relaxed));
+}
