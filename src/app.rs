@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
@@ -37,6 +38,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     draining: Arc<AtomicBool>,
     connections: Arc<AtomicUsize>,
+    /// Client token verification, in `AUTH_MODE=jwt`.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 /// One admitted WebSocket; the slot is given back when the session ends.
@@ -59,9 +62,15 @@ impl AppState {
                 config.node_id.clone(),
                 config.room_ttl,
                 registry.clone(),
+                config.security.payload_key.as_ref(),
             )?)),
-            None => Broker::Memory(MemoryBroker::new(registry.clone(), config.node_id.clone())),
+            None => Broker::Memory(MemoryBroker::new(
+                registry.clone(),
+                config.node_id.clone(),
+                config.room_ttl,
+            )),
         };
+        let verifier = Verifier::new(&config.security).map(Arc::new);
         Ok(Self {
             broker: Arc::new(broker),
             registry,
@@ -70,6 +79,7 @@ impl AppState {
             tracker: TaskTracker::new(),
             draining: Arc::new(AtomicBool::new(false)),
             connections: Arc::new(AtomicUsize::new(0)),
+            verifier,
         })
     }
 
@@ -115,6 +125,7 @@ pub async fn run(
         ),
     }
 
+    log_security(&config);
     let background = CancellationToken::new();
     let background_tasks = TaskTracker::new();
     background_tasks.spawn(run_broker(state.broker.clone(), background.clone()));
@@ -122,17 +133,24 @@ pub async fn run(
     background_tasks.spawn(crate::cluster::run(state.clone(), addr, background.clone()));
 
     let draining = state.clone();
-    let served = axum::serve(listener, crate::http::router(state.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(
-                sessions = draining.registry.len(),
-                "shutting down: draining sessions"
-            );
-            draining.draining.store(true, Ordering::Release);
-            draining.sessions.cancel();
-        })
-        .await;
+    let stop_accepting = async move {
+        shutdown.await;
+        tracing::info!(
+            sessions = draining.registry.len(),
+            "shutting down: draining sessions"
+        );
+        draining.draining.store(true, Ordering::Release);
+        draining.sessions.cancel();
+    };
+    let router = crate::http::router(state.clone());
+    let served = match &config.security.tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop_accepting)
+                .await
+        }
+        Some((cert, key)) => serve_tls(listener, router, cert, key, stop_accepting).await,
+    };
 
     state.sessions.cancel();
     state.tracker.close();
@@ -150,6 +168,49 @@ pub async fn run(
     let _ = tokio::time::timeout(BACKGROUND_DEADLINE, background_tasks.wait()).await;
     tracing::info!("signal-node stopped");
     served
+}
+
+/// Says at startup how the node is protected (never the secrets themselves).
+fn log_security(config: &Config) {
+    let s = &config.security;
+    if s.admin_token.is_none() {
+        tracing::info!(
+            "admin API disabled (ADMIN_TOKEN unset): admin endpoints answer 403 admin_disabled"
+        );
+    }
+    tracing::info!(
+        auth = if s.auth.is_some() { "jwt" } else { "none" },
+        tls = s.tls.is_some(),
+        token_issuing = s.token_secret.is_some(),
+        origins = ?s.allowed_origins,
+        payload_encryption = s.payload_key.is_some(),
+        "security settings"
+    );
+}
+
+/// Serves https/wss with rustls (axum-server), stopping like the plain server does.
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    cert: &str,
+    key: &str,
+    stop_accepting: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|e| std::io::Error::other(format!("TLS_CERT_FILE/TLS_KEY_FILE: {e}")))?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle.clone())
+        .serve(router.into_make_service());
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served,
+        () = stop_accepting => {
+            handle.graceful_shutdown(Some(DRAIN_DEADLINE));
+            server.await
+        }
+    }
 }
 
 async fn run_broker(broker: Arc<Broker>, cancel: CancellationToken) {

@@ -87,6 +87,8 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
         }
 
         if epoch != seen_epoch {
+            // Logged and reflected in readiness by the broker; retried at the next reconnect.
+            let _ = redis.check_payload_key().await;
             if seen_epoch == 0 {
                 clean_previous_run(&state, redis).await;
             }

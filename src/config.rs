@@ -15,6 +15,16 @@
 //! | `PING_INTERVAL_SECONDS` | `20` | server ping period (decimals allowed); silence for two periods closes with 4408 |
 //! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | `50`, `200` | per-connection token bucket; `0` per second turns it off |
 //! | `MAX_CONNECTIONS` | `10000` | WebSocket sessions per node; past it new ones close with 1013 |
+//! | `AUTH_MODE` | `none` | `jwt` requires a token on every WebSocket |
+//! | `JWT_SECRET` | unset | HS256 key: verifies client tokens and signs `POST /tokens` |
+//! | `JWT_PUBLIC_KEY_FILE` | unset | PEM public key (RSA: RS256, EC P-256: ES256) for client tokens |
+//! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset | required `iss` / `aud` when set |
+//! | `ADMIN_TOKEN` | unset | bearer for the admin endpoints; unset disables them |
+//! | `METRICS_TOKEN` | unset | bearer for `/metrics`; unset leaves it open |
+//! | `TOKEN_MAX_TTL_SECONDS` | `86400` | cap of `ttl_seconds` in `POST /tokens` |
+//! | `TLS_CERT_FILE`, `TLS_KEY_FILE` | unset | PEM certificate chain and key: serve https/wss |
+//! | `ALLOWED_ORIGINS` | any | comma list of origins allowed for WebSockets and CORS |
+//! | `PAYLOAD_ENCRYPTION_KEY` | unset | base64 of 32 bytes: relayed frames cross Redis sealed |
 //!
 //! With neither `REDIS_URL` nor any `REDIS_*` variable set the node runs standalone.
 
@@ -88,6 +98,63 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// Sessions this node accepts at once.
     pub max_connections: usize,
+    /// Tokens, admin, TLS, origins, payload encryption.
+    pub security: Security,
+}
+
+/// How client tokens are verified.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 with a shared secret.
+    Secret(Vec<u8>),
+    /// RS256 or ES256 with a public key, PEM as read from the file.
+    PublicPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Secret(_) => "Secret(***)",
+            Self::PublicPem(_) => "PublicPem",
+        })
+    }
+}
+
+/// Client authentication and the admin surface (PROTOCOL.md sections 8 and 9).
+#[derive(Clone, Default)]
+pub struct Security {
+    /// `Some` in `AUTH_MODE=jwt`: every WebSocket needs a token verified with it.
+    pub auth: Option<JwtKey>,
+    /// Signs `POST /tokens`; `None` answers 409 `tokens_disabled`.
+    pub token_secret: Option<Vec<u8>>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Bearer of the admin endpoints; `None` disables them.
+    pub admin_token: Option<String>,
+    /// Bearer of `/metrics`; `None` leaves it open.
+    pub metrics_token: Option<String>,
+    /// Cap of `ttl_seconds` in `POST /tokens`.
+    pub token_max_ttl: Duration,
+    /// PEM files for native TLS.
+    pub tls: Option<(String, String)>,
+    /// `None` allows any origin.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Key sealing relayed frames on their way through Redis.
+    pub payload_key: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach a log line, even by accident.
+        f.debug_struct("Security")
+            .field("auth", &self.auth)
+            .field("tokens", &self.token_secret.is_some())
+            .field("admin", &self.admin_token.is_some())
+            .field("tls", &self.tls.is_some())
+            .field("allowed_origins", &self.allowed_origins)
+            .field("payload_encryption", &self.payload_key.is_some())
+            .finish()
+    }
 }
 
 /// A per-connection token bucket's shape.
@@ -200,6 +267,8 @@ impl Config {
             return Err(invalid("MAX_CONNECTIONS", "0", "must be at least 1"));
         }
 
+        let security = security(&get)?;
+
         Ok(Self {
             host,
             port,
@@ -214,8 +283,103 @@ impl Config {
             ping_interval: Duration::from_secs_f64(ping),
             rate_limit,
             max_connections,
+            security,
         })
     }
+}
+
+fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigError> {
+    use base64::Engine;
+
+    let secret = get("JWT_SECRET").map(String::into_bytes);
+    let public_key = match get("JWT_PUBLIC_KEY_FILE") {
+        None => None,
+        Some(path) => Some(std::fs::read(&path).map_err(|e| {
+            invalid(
+                "JWT_PUBLIC_KEY_FILE",
+                &path,
+                &format!("cannot read it: {e}"),
+            )
+        })?),
+    };
+    let auth = match get("AUTH_MODE").as_deref() {
+        None | Some("none") => None,
+        Some("jwt") => Some(match (&public_key, &secret) {
+            (Some(pem), _) => JwtKey::PublicPem(pem.clone()),
+            (None, Some(secret)) => JwtKey::Secret(secret.clone()),
+            (None, None) => {
+                return Err(invalid(
+                    "AUTH_MODE",
+                    "jwt",
+                    "needs JWT_SECRET or JWT_PUBLIC_KEY_FILE",
+                ))
+            }
+        }),
+        Some(other) => return Err(invalid("AUTH_MODE", other, "expected none or jwt")),
+    };
+    if let Some(JwtKey::PublicPem(pem)) = &auth {
+        crate::auth::check_public_key(pem)
+            .map_err(|reason| invalid("JWT_PUBLIC_KEY_FILE", "(file)", &reason))?;
+    }
+    let max_ttl = parse_num::<u64>(get, "TOKEN_MAX_TTL_SECONDS", 86_400)?;
+    if max_ttl == 0 {
+        return Err(invalid("TOKEN_MAX_TTL_SECONDS", "0", "must be at least 1"));
+    }
+    let tls = match (get("TLS_CERT_FILE"), get("TLS_KEY_FILE")) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (Some(_), None) => {
+            return Err(invalid(
+                "TLS_KEY_FILE",
+                "",
+                "TLS_CERT_FILE needs TLS_KEY_FILE too",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "TLS_CERT_FILE",
+                "",
+                "TLS_KEY_FILE needs TLS_CERT_FILE too",
+            ))
+        }
+    };
+    let allowed_origins = get("ALLOWED_ORIGINS").and_then(|list| {
+        let origins: Vec<String> = list
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        (!origins.is_empty() && !origins.iter().any(|o| o == "*")).then_some(origins)
+    });
+    let payload_key = match get("PAYLOAD_ENCRYPTION_KEY") {
+        None => None,
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "PAYLOAD_ENCRYPTION_KEY",
+                        "(hidden)",
+                        "expected base64 of exactly 32 bytes",
+                    )
+                })?;
+            Some(bytes)
+        }
+    };
+    Ok(Security {
+        auth,
+        token_secret: secret,
+        jwt_issuer: get("JWT_ISSUER"),
+        jwt_audience: get("JWT_AUDIENCE"),
+        admin_token: get("ADMIN_TOKEN"),
+        metrics_token: get("METRICS_TOKEN"),
+        token_max_ttl: Duration::from_secs(max_ttl),
+        tls,
+        allowed_origins,
+        payload_key,
+    })
 }
 
 fn invalid(var: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -409,6 +573,43 @@ mod tests {
         assert!(err_text(&[("PING_INTERVAL_SECONDS", "0")]).contains("PING_INTERVAL_SECONDS"));
         assert!(err_text(&[("RATE_LIMIT_BURST", "-3")]).contains("RATE_LIMIT_BURST"));
         assert!(err_text(&[("MAX_CONNECTIONS", "0")]).contains("MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn security_settings_are_validated() {
+        assert!(err_text(&[("AUTH_MODE", "jwt")]).contains("AUTH_MODE"));
+        assert!(err_text(&[("AUTH_MODE", "basic")]).contains("AUTH_MODE"));
+        assert!(
+            err_text(&[("PAYLOAD_ENCRYPTION_KEY", "c2hvcnQ=")]).contains("PAYLOAD_ENCRYPTION_KEY")
+        );
+        assert!(err_text(&[("TLS_CERT_FILE", "/x.pem")]).contains("TLS_KEY_FILE"));
+        assert!(err_text(&[("JWT_PUBLIC_KEY_FILE", "/nonexistent.pem")])
+            .contains("JWT_PUBLIC_KEY_FILE"));
+        let c = parse(&[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_SECRET", "s3cret"),
+            ("ALLOWED_ORIGINS", "https://a.example/, https://b.example"),
+            (
+                "PAYLOAD_ENCRYPTION_KEY",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+        ])
+        .unwrap();
+        assert!(matches!(c.security.auth, Some(JwtKey::Secret(_))));
+        assert_eq!(
+            c.security.allowed_origins,
+            Some(vec![
+                "https://a.example".to_owned(),
+                "https://b.example".to_owned()
+            ])
+        );
+        assert_eq!(c.security.payload_key, Some([0; 32]));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(parse(&[("ALLOWED_ORIGINS", "*")])
+            .unwrap()
+            .security
+            .allowed_origins
+            .is_none());
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment (the only reader of it).
+//! - [`auth`]: client tokens, minted tokens and the admin bearer.
 //! - [`ids`]: validated room, user, node and session ids.
 //! - [`protocol`]: every wire frame, error code and close code.
 //! - [`envelope`]: what nodes publish to each other on a user's channel.
+//! - [`crypto`]: sealing relayed frames on their way through Redis.
 //! - [`broker`]: the seam to cluster state, with the Redis and memory engines.
 //! - [`registry`]: the sessions on this node, delivery to them and what each was told.
 //! - [`cluster`]: heartbeat, dead-node cleanup and recovery after Redis restarts.
@@ -18,9 +20,11 @@
 //! - [`shutdown`]: the signals that stop the node.
 
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod crypto;
 pub mod envelope;
 pub mod http;
 pub mod ids;

@@ -12,6 +12,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One TLS crypto provider for the process: native TLS and rediss:// both use it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = telemetry::init(&config) {
         eprintln!("signal-node: configuration error: {e}");
         return ExitCode::from(2);

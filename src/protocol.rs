@@ -207,9 +207,15 @@ struct WireFrame<'a> {
     id: Option<&'a RawValue>,
 }
 
-/// Parses and validates one text frame (PROTOCOL.md section 3). Target rules that
-/// need the sender (itself, membership) are the session's to check.
+/// Parses and validates one text frame from a `peer` (PROTOCOL.md section 3).
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> {
+    parse_client_frame_as(text, Role::Peer)
+}
+
+/// Parses and validates one text frame from a member with `role`. The role check
+/// (section 9: audience may not offer or broadcast) comes before the target checks.
+/// Target rules that need the sender (itself, membership) are the session's.
+pub fn parse_client_frame_as(text: &str, role: Role) -> Result<ClientFrame<'_>, Rejection<'_>> {
     let reject = |code, message, id, target| Rejection {
         code,
         message,
@@ -292,6 +298,14 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection<'_>> 
             "target must be a string or null",
             id,
             None,
+        ));
+    }
+    if role == Role::Audience && (kind == "sdp_offer" || target.is_none()) {
+        return Err(reject(
+            ErrorCode::Forbidden,
+            "audience members may not send offers or broadcasts",
+            id,
+            target,
         ));
     }
     if target.is_none() && NEEDS_TARGET.contains(&kind.as_str()) {
@@ -647,6 +661,34 @@ mod tests {
         assert_eq!(echo_fields(&big).0.map(|i| i.get()), Some("7"));
         assert!(echo_fields(r#"{"id":{},"target":5}"#).0.is_none());
         assert_eq!(echo_fields("[1]").1, None);
+    }
+
+    #[test]
+    fn audience_may_answer_but_not_offer_or_broadcast() {
+        let audience = |t: &str| match parse_client_frame_as(t, Role::Audience) {
+            Ok(_) => None,
+            Err(r) => Some(r.code),
+        };
+        assert_eq!(
+            audience(r#"{"type":"sdp_offer","target":"h"}"#),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            audience(r#"{"type":"sdp_offer"}"#),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            audience(r#"{"type":"message"}"#),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            audience(r#"{"type":"sdp_offer","target":"bad id"}"#),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(audience(r#"{"type":"sdp_answer","target":"h"}"#), None);
+        assert_eq!(audience(r#"{"type":"ice_candidate","target":"h"}"#), None);
+        assert_eq!(audience(r#"{"type":"ping"}"#), None);
+        assert!(parse_client_frame_as(r#"{"type":"sdp_offer","target":"h"}"#, Role::Host).is_ok());
     }
 
     #[test]

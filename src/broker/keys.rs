@@ -37,6 +37,21 @@ impl Keys {
         format!("{}{user}", self.user_channel_prefix())
     }
 
+    /// `P roommeta:{room_id}`: settings of a room created with `POST /rooms`.
+    pub fn room_meta(&self, room: &str) -> String {
+        format!("{}roommeta:{room}", self.prefix)
+    }
+
+    /// `P rooms`: sorted set (all scores 0) of room ids, for `GET /rooms` paging.
+    pub fn rooms(&self) -> String {
+        format!("{}rooms", self.prefix)
+    }
+
+    /// `P payload_key_check`: the first node's sealed key check (crypto.rs).
+    pub fn payload_key_check(&self) -> String {
+        format!("{}payload_key_check", self.prefix)
+    }
+
     /// `P nodes`: set of registered node ids.
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)

@@ -4,8 +4,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::{sort_members, JoinRequest, Joined, LeaveRequest, Member, RelayOutcome};
+use super::{
+    sort_members, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome, RoomInfo,
+    RoomMeta, RoomPage,
+};
 use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, User, UserInfo};
@@ -17,10 +21,17 @@ struct Entry {
     user: User,
 }
 
+/// A room made by `POST /rooms`: it outlives its members by the room TTL.
+struct Created {
+    meta: RoomMeta,
+    empty_since: Option<Instant>,
+}
+
 #[derive(Default)]
 struct State {
     rooms: HashMap<RoomId, BTreeSet<UserId>>,
     users: HashMap<UserId, Entry>,
+    created: HashMap<RoomId, Created>,
 }
 
 /// In-memory rooms and users for a single node.
@@ -28,25 +39,43 @@ pub struct MemoryBroker {
     state: Mutex<State>,
     registry: Arc<Registry>,
     node_id: NodeId,
+    ttl: Duration,
 }
 
 impl MemoryBroker {
-    /// An empty engine delivering to `registry`.
-    pub fn new(registry: Arc<Registry>, node_id: NodeId) -> Self {
+    /// An empty engine delivering to `registry`; created rooms last `ttl` once empty.
+    pub fn new(registry: Arc<Registry>, node_id: NodeId, ttl: Duration) -> Self {
         Self {
             state: Mutex::default(),
             registry,
             node_id,
+            ttl,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Each operation leaves the maps consistent before it can panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Created rooms empty for longer than the TTL vanish, as their Redis keys would.
+        let ttl = self.ttl;
+        state
+            .created
+            .retain(|_, c| c.empty_since.is_none_or(|since| since.elapsed() < ttl));
+        state
     }
 
-    pub(super) fn join(&self, req: &JoinRequest) -> Joined {
+    pub(super) fn join(&self, req: &JoinRequest) -> JoinResult {
         let mut state = self.lock();
+        if let Some(max) = req.max_users {
+            let set = state.rooms.get(&req.room);
+            let others = set.map_or(0, |s| s.len() - usize::from(s.contains(&req.user)));
+            if others >= max as usize {
+                return JoinResult::Full;
+            }
+        }
+        if let Some(created) = state.created.get_mut(&req.room) {
+            created.empty_since = None;
+        }
         let mut replaced = None;
         if let Some(old) = state.users.remove(&req.user) {
             replaced = Some(old.session);
@@ -85,7 +114,7 @@ impl MemoryBroker {
             },
         );
         sort_members(&mut members);
-        Joined { members, replaced }
+        JoinResult::Joined(Joined { members, replaced })
     }
 
     fn remove_member(&self, state: &mut State, room: &RoomId, user: &UserId, envelope: &str) {
@@ -98,6 +127,9 @@ impl MemoryBroker {
         }
         if set.is_empty() {
             state.rooms.remove(room);
+            if let Some(created) = state.created.get_mut(room) {
+                created.empty_since = Some(Instant::now());
+            }
         }
     }
 
@@ -153,6 +185,94 @@ impl MemoryBroker {
             .collect();
         sort_members(&mut members);
         members
+    }
+
+    pub(super) fn room_meta(&self, room: &RoomId) -> Option<RoomMeta> {
+        self.lock().created.get(room).map(|c| c.meta.clone())
+    }
+
+    pub(super) fn room_info(&self, room: &RoomId) -> Option<RoomInfo> {
+        let state = self.lock();
+        let count = state.rooms.get(room).map_or(0, BTreeSet::len);
+        let meta = state.created.get(room).map(|c| c.meta.clone());
+        (count > 0 || meta.is_some()).then_some(RoomInfo { count, meta })
+    }
+
+    pub(super) fn create_room(&self, room: &RoomId, meta: &RoomMeta) -> bool {
+        let mut state = self.lock();
+        if state.rooms.contains_key(room) || state.created.contains_key(room) {
+            return false;
+        }
+        let created = Created {
+            meta: meta.clone(),
+            empty_since: Some(Instant::now()),
+        };
+        state.created.insert(room.clone(), created);
+        true
+    }
+
+    pub(super) fn close_room(&self, room: &RoomId) -> Option<usize> {
+        let mut state = self.lock();
+        let created = state.created.remove(room).is_some();
+        let members = state.rooms.remove(room);
+        if !created && members.is_none() {
+            return None;
+        }
+        let mut kicked = 0;
+        for user in members.into_iter().flatten() {
+            if let Some(entry) = state.users.remove(&user) {
+                self.registry.deliver(
+                    user.as_str(),
+                    &envelope::kick(entry.session, KickReason::Kicked),
+                );
+                kicked += 1;
+            }
+        }
+        Some(kicked)
+    }
+
+    pub(super) fn kick(&self, room: &RoomId, user: &UserId) -> bool {
+        let mut state = self.lock();
+        let session = match state.users.get(user) {
+            Some(entry) if entry.room == *room => entry.session,
+            _ => return false,
+        };
+        state.users.remove(user);
+        let frame = user_left_frame(user.as_str(), room.as_str(), LeaveReason::Kicked);
+        self.remove_member(
+            &mut state,
+            room,
+            user,
+            &envelope::left(user.as_str(), session, &frame),
+        );
+        self.registry
+            .deliver(user.as_str(), &envelope::kick(session, KickReason::Kicked));
+        true
+    }
+
+    pub(super) fn list_rooms(&self, cursor: Option<&str>, limit: usize) -> RoomPage {
+        let state = self.lock();
+        let mut ids: Vec<&RoomId> = state.rooms.keys().chain(state.created.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        let after: Vec<&RoomId> = ids
+            .into_iter()
+            .filter(|id| cursor.is_none_or(|c| id.as_str() > c))
+            .collect();
+        let rooms: Vec<(String, usize)> = after
+            .iter()
+            .take(limit)
+            .map(|id| {
+                (
+                    id.to_string(),
+                    state.rooms.get(*id).map_or(0, BTreeSet::len),
+                )
+            })
+            .collect();
+        let next_cursor = (after.len() > limit)
+            .then(|| rooms.last().map(|(id, _)| id.clone()))
+            .flatten();
+        RoomPage { rooms, next_cursor }
     }
 
     pub(super) fn user(&self, user: &UserId) -> Option<UserInfo> {

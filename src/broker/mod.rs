@@ -10,6 +10,7 @@ pub mod keys;
 pub mod memory;
 pub mod redis;
 mod relay_conn;
+mod rooms_redis;
 mod subscriber;
 
 use crate::ids::{RoomId, SessionId, UserId};
@@ -44,6 +45,44 @@ pub struct JoinRequest {
     pub session: SessionId,
     pub role: Role,
     pub joined_at: String,
+    /// The room's capacity, checked atomically with the join.
+    pub max_users: Option<u32>,
+}
+
+/// Settings of a room created with `POST /rooms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomMeta {
+    /// RFC 3339 UTC, milliseconds.
+    pub created_at: String,
+    /// argon2 PHC string; the password itself is never stored.
+    pub password_hash: Option<String>,
+    pub max_users: Option<u32>,
+    pub moderated: bool,
+    /// Members who are hosts in a moderated room (when tokens do not say).
+    pub hosts: Vec<String>,
+}
+
+/// What `GET /rooms/{id}` shows.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub count: usize,
+    /// `None` for a room that only exists through its members.
+    pub meta: Option<RoomMeta>,
+}
+
+/// One page of `GET /rooms`.
+#[derive(Debug, Clone, Default)]
+pub struct RoomPage {
+    pub rooms: Vec<(String, usize)>,
+    pub next_cursor: Option<String>,
+}
+
+/// How a join ended when the store answered.
+#[derive(Debug)]
+pub enum JoinResult {
+    Joined(Joined),
+    /// The room is at `max_users`; nothing was written.
+    Full,
 }
 
 impl JoinRequest {
@@ -127,10 +166,64 @@ impl Broker {
 
     /// Registers the session atomically, replaces any older session of the user,
     /// announces `user_joined` to the members and returns them.
-    pub async fn join(&self, req: &JoinRequest) -> Result<Joined, BrokerError> {
+    pub async fn join(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
         match self {
             Self::Redis(b) => b.join(req).await,
             Self::Memory(b) => Ok(b.join(req)),
+        }
+    }
+
+    /// The settings of a created room.
+    pub async fn room_meta(&self, room: &RoomId) -> Result<Option<RoomMeta>, BrokerError> {
+        match self {
+            Self::Redis(b) => b.room_meta(room).await,
+            Self::Memory(b) => Ok(b.room_meta(room)),
+        }
+    }
+
+    /// Member count and settings; `None` when the room does not exist.
+    pub async fn room_info(&self, room: &RoomId) -> Result<Option<RoomInfo>, BrokerError> {
+        match self {
+            Self::Redis(b) => b.room_info(room).await,
+            Self::Memory(b) => Ok(b.room_info(room)),
+        }
+    }
+
+    /// Creates a room; false when it exists (created or with members).
+    pub async fn create_room(&self, room: &RoomId, meta: &RoomMeta) -> Result<bool, BrokerError> {
+        match self {
+            Self::Redis(b) => b.create_room(room, meta).await,
+            Self::Memory(b) => Ok(b.create_room(room, meta)),
+        }
+    }
+
+    /// Closes a room: every member is kicked wherever it is connected. `None` when
+    /// the room does not exist, else how many members were kicked.
+    pub async fn close_room(&self, room: &RoomId) -> Result<Option<usize>, BrokerError> {
+        match self {
+            Self::Redis(b) => b.close_room(room).await,
+            Self::Memory(b) => Ok(b.close_room(room)),
+        }
+    }
+
+    /// Removes a member wherever it is connected: its room hears `kicked`, its
+    /// session closes with 4410. False when the user is not in that room.
+    pub async fn kick(&self, room: &RoomId, user: &UserId) -> Result<bool, BrokerError> {
+        match self {
+            Self::Redis(b) => b.kick(room, user).await,
+            Self::Memory(b) => Ok(b.kick(room, user)),
+        }
+    }
+
+    /// A page of rooms in id order, after `cursor`.
+    pub async fn list_rooms(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RoomPage, BrokerError> {
+        match self {
+            Self::Redis(b) => b.list_rooms(cursor, limit).await,
+            Self::Memory(b) => Ok(b.list_rooms(cursor, limit)),
         }
     }
 

@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 use super::keys::Keys;
 use super::relay_conn::RelayConn;
 use super::subscriber::Subscriber;
-use super::{sort_members, BrokerError, JoinRequest, Joined, LeaveRequest, Member, RelayOutcome};
+use super::{
+    sort_members, BrokerError, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome,
+};
 use crate::config::RedisTarget;
+use crate::crypto::{self, PayloadCipher};
 use crate::envelope;
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::protocol::{user_joined_frame, LeaveReason, Role, User, UserInfo};
@@ -38,16 +41,19 @@ const RECYCLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the dead marker of an evicted node is kept for it to find.
 const DEAD_MARKER_SECS: u64 = 3600;
 
-struct Scripts {
-    join: Script,
-    leave: Script,
-    relay: Script,
-    broadcast: Script,
-    room_users: Script,
-    restore: Script,
-    heartbeat: Script,
-    dead_nodes: Script,
-    claim_dead: Script,
+pub(super) struct Scripts {
+    pub(super) join: Script,
+    pub(super) leave: Script,
+    pub(super) relay: Script,
+    pub(super) broadcast: Script,
+    pub(super) room_users: Script,
+    pub(super) restore: Script,
+    pub(super) heartbeat: Script,
+    pub(super) dead_nodes: Script,
+    pub(super) claim_dead: Script,
+    pub(super) create_room: Script,
+    pub(super) close_room: Script,
+    pub(super) list_rooms: Script,
 }
 
 impl Scripts {
@@ -62,21 +68,28 @@ impl Scripts {
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             dead_nodes: Script::new(include_str!("lua/dead_nodes.lua")),
             claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
+            create_room: Script::new(include_str!("lua/create_room.lua")),
+            close_room: Script::new(include_str!("lua/close_room.lua")),
+            list_rooms: Script::new(include_str!("lua/list_rooms.lua")),
         }
     }
 }
 
 /// Rooms and users in Redis, shared by every node with the same `KEY_PREFIX`.
 pub struct RedisBroker {
-    keys: Keys,
-    node_id: NodeId,
-    ttl_secs: u64,
-    pool: Pool,
-    relay: RelayConn,
-    subscriber: Arc<Subscriber>,
-    scripts: Scripts,
+    pub(super) keys: Keys,
+    pub(super) node_id: NodeId,
+    pub(super) ttl_secs: u64,
+    pub(super) pool: Pool,
+    pub(super) relay: RelayConn,
+    pub(super) subscriber: Arc<Subscriber>,
+    pub(super) scripts: Scripts,
     /// Last known reachability, so a loss and a recovery are each logged once.
     reachable: AtomicBool,
+    /// Seals relayed frames (`PAYLOAD_ENCRYPTION_KEY`).
+    cipher: Option<Arc<PayloadCipher>>,
+    /// False while this node's payload key differs from the cluster's: not ready.
+    key_ok: AtomicBool,
 }
 
 impl RedisBroker {
@@ -88,7 +101,9 @@ impl RedisBroker {
         node_id: NodeId,
         ttl: Duration,
         registry: Arc<Registry>,
+        payload_key: Option<&[u8; 32]>,
     ) -> Result<Self, BrokerError> {
+        let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
         let client = redis::Client::open(target.info.clone())?;
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -115,6 +130,7 @@ impl RedisBroker {
             keys.clone(),
             node_id.clone(),
             registry,
+            cipher.clone(),
         ));
         Ok(Self {
             keys,
@@ -125,6 +141,8 @@ impl RedisBroker {
             subscriber,
             scripts: Scripts::load(),
             reachable: AtomicBool::new(true),
+            cipher,
+            key_ok: AtomicBool::new(true),
         })
     }
 
@@ -143,8 +161,50 @@ impl RedisBroker {
         self.subscriber.is_connected()
     }
 
+    /// Seals an envelope when payload encryption is on.
+    pub(super) fn seal(&self, envelope: String) -> String {
+        crypto::seal(self.cipher.as_deref(), envelope)
+    }
+
+    /// Compares this node's payload key with the cluster's (the first node to ask
+    /// records its own). A mismatch is logged at ERROR and keeps the node unready,
+    /// because its messages could not be read by the others, nor theirs by it.
+    pub async fn check_payload_key(&self) -> Result<bool, BrokerError> {
+        let mine = self
+            .cipher
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |c| c.key_check());
+        let key = self.keys.payload_key_check();
+        let result = async {
+            let mut conn = self.conn().await?;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&mine)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut *conn)
+                .await?;
+            let stored: String = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
+            Ok(stored)
+        }
+        .await;
+        let stored = self.note(result)?;
+        let ok = match &self.cipher {
+            Some(c) => c.matches_key_check(&stored),
+            None => stored == "none",
+        };
+        if !ok && self.key_ok.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                "PAYLOAD_ENCRYPTION_KEY differs from the key the cluster uses: this node cannot read its peers' messages; not ready"
+            );
+        }
+        if ok {
+            self.key_ok.store(true, Ordering::Release);
+        }
+        Ok(ok)
+    }
+
     /// Records the outcome of a command; logs only changes of reachability.
-    fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    pub(super) fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
         match &result {
             Ok(_) => {
                 if !self.reachable.swap(true, Ordering::AcqRel) {
@@ -160,7 +220,7 @@ impl RedisBroker {
         result
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
+    pub(super) async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
         self.pool
             .get()
             .await
@@ -175,12 +235,12 @@ impl RedisBroker {
         self.subscriber.unsubscribe(user).await;
     }
 
-    pub(super) async fn join(&self, req: &JoinRequest) -> Result<Joined, BrokerError> {
-        let joined = envelope::joined(
+    pub(super) async fn join(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
+        let joined = self.seal(envelope::joined(
             req.user.as_str(),
             req.session,
             &user_joined_frame(&req.user_object()),
-        );
+        ));
         let result = async {
             let mut conn = self.conn().await?;
             let reply: Vec<String> = self
@@ -189,6 +249,8 @@ impl RedisBroker {
                 .key(self.keys.room(req.room.as_str()))
                 .key(self.keys.user(req.user.as_str()))
                 .key(self.keys.node_sessions(self.node_id.as_str()))
+                .key(self.keys.rooms())
+                .key(self.keys.room_meta(req.room.as_str()))
                 .arg(req.user.as_str())
                 .arg(req.room.as_str())
                 .arg(req.session.to_string())
@@ -198,6 +260,7 @@ impl RedisBroker {
                 .arg(self.ttl_secs)
                 .arg(self.keys.prefix())
                 .arg(joined)
+                .arg(req.max_users.unwrap_or(0))
                 .invoke_async(&mut *conn)
                 .await?;
             Ok(reply)
@@ -207,16 +270,19 @@ impl RedisBroker {
         let (replaced, members) = reply
             .split_first()
             .ok_or_else(|| BrokerError::Reply("empty join reply".into()))?;
+        if replaced == "!full" {
+            return Ok(JoinResult::Full);
+        }
         let mut members = members_from_quads(members, &req.room)?;
         sort_members(&mut members);
-        Ok(Joined {
+        Ok(JoinResult::Joined(Joined {
             members,
             replaced: SessionId::parse(replaced),
-        })
+        }))
     }
 
     /// Session-guarded removal of `user`'s `session`, announced with `reason`.
-    async fn evict(
+    pub(super) async fn evict(
         &self,
         user: &str,
         session: &str,
@@ -284,7 +350,7 @@ impl RedisBroker {
         target: &str,
         frame: &str,
     ) -> Result<RelayOutcome, BrokerError> {
-        let envelope = envelope::frame(frame);
+        let envelope = self.seal(envelope::frame(frame));
         let mut invocation = self.scripts.relay.prepare_invoke();
         invocation
             .key(self.keys.room(room.as_str()))
@@ -305,7 +371,7 @@ impl RedisBroker {
         sender: &UserId,
         frame: &str,
     ) -> Result<usize, BrokerError> {
-        let envelope = envelope::frame(frame);
+        let envelope = self.seal(envelope::frame(frame));
         let mut invocation = self.scripts.broadcast.prepare_invoke();
         invocation
             .key(self.keys.room(room.as_str()))
@@ -382,6 +448,10 @@ impl RedisBroker {
                 .arg(self.keys.room(room.as_str()))
                 .arg(self.ttl_secs)
                 .ignore();
+            pipe.cmd("EXPIRE")
+                .arg(self.keys.room_meta(room.as_str()))
+                .arg(self.ttl_secs)
+                .ignore();
         }
         let result = async {
             let mut conn = self.conn().await?;
@@ -393,7 +463,7 @@ impl RedisBroker {
     }
 
     pub(super) async fn ready(&self) -> bool {
-        if !self.subscriber.is_connected() {
+        if !self.subscriber.is_connected() || !self.key_ok.load(Ordering::Acquire) {
             return false;
         }
         let (_, mut conn) = self.relay.get();

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
 use super::BrokerError;
+use crate::crypto::{self, PayloadCipher};
 use crate::ids::{NodeId, UserId};
 use crate::registry::Registry;
 
@@ -49,6 +50,12 @@ pub(super) struct Subscriber {
     sink: Mutex<Option<PubSubSink>>,
     connected: AtomicBool,
     epoch: AtomicU64,
+    /// Opens sealed envelopes.
+    cipher: Option<Arc<PayloadCipher>>,
+    /// When an unreadable envelope was last logged (milliseconds since start), so a
+    /// key mismatch is reported loudly but not once per message.
+    last_open_error: AtomicU64,
+    started: Instant,
 }
 
 /// Why a connection stopped being used.
@@ -65,6 +72,7 @@ impl Subscriber {
         keys: Keys,
         node_id: NodeId,
         registry: Arc<Registry>,
+        cipher: Option<Arc<PayloadCipher>>,
     ) -> Self {
         Self {
             client,
@@ -75,6 +83,9 @@ impl Subscriber {
             sink: Mutex::new(None),
             connected: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            cipher,
+            last_open_error: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -227,12 +238,30 @@ impl Subscriber {
             let Some(user) = channel.strip_prefix(prefix.as_str()) else {
                 continue;
             };
-            match std::str::from_utf8(msg.get_payload_bytes()) {
+            let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
+                tracing::warn!(user_id = user, "dropping non-UTF-8 envelope");
+                continue;
+            };
+            match crypto::open(self.cipher.as_deref(), text) {
                 Ok(text) => {
-                    self.registry.deliver(user, text);
+                    self.registry.deliver(user, &text);
                 }
-                Err(_) => tracing::warn!(user_id = user, "dropping non-UTF-8 envelope"),
+                Err(e) => self.report_unreadable(user, e),
             }
+        }
+    }
+
+    /// Logs an envelope that could not be opened at ERROR, at most every 10 s.
+    fn report_unreadable(&self, user: &str, error: crypto::OpenError) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_open_error.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= 10_000 {
+            self.last_open_error.store(now.max(1), Ordering::Relaxed);
+            tracing::error!(
+                user_id = user,
+                %error,
+                "dropping a message this node cannot open: check PAYLOAD_ENCRYPTION_KEY on every node"
+            );
         }
     }
 

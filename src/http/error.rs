@@ -23,11 +23,75 @@ pub enum AppError {
     /// Redis could not answer.
     #[error("state store unavailable: {0}")]
     Unavailable(#[from] BrokerError),
+    /// A WebSocket from an origin outside `ALLOWED_ORIGINS`.
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
+    /// `ADMIN_TOKEN` is not configured.
+    #[error("admin disabled")]
+    AdminDisabled,
+    /// No or an unusable bearer token.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// A bearer that does not grant this.
+    #[error("forbidden")]
+    Forbidden,
+    /// A malformed body or parameter; the message says what.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// `GET/DELETE /rooms/{id}` for a room that does not exist.
+    #[error("room not found")]
+    RoomNotFound,
+    /// `POST /rooms` for a room that exists.
+    #[error("room exists")]
+    RoomExists,
+    /// `POST /tokens` without `JWT_SECRET`.
+    #[error("tokens disabled")]
+    TokensDisabled,
+    /// Something that should not fail did (a hashing failure); logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl AppError {
-    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+    fn parts(&self) -> (StatusCode, &'static str, &str) {
         match self {
+            Self::ForbiddenOrigin => (
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "this origin may not open sessions",
+            ),
+            Self::AdminDisabled => (
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "the admin API is disabled: set ADMIN_TOKEN to enable it",
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            ),
+            Self::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token does not grant access to this",
+            ),
+            Self::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", why.as_str()),
+            Self::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found", "no such room"),
+            Self::RoomExists => (
+                StatusCode::CONFLICT,
+                "room_exists",
+                "a room with this id exists",
+            ),
+            Self::TokensDisabled => (
+                StatusCode::CONFLICT,
+                "tokens_disabled",
+                "token issuing needs JWT_SECRET",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ),
             Self::InvalidId => (
                 StatusCode::BAD_REQUEST,
                 "invalid_id",
@@ -51,8 +115,12 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        if let Self::Unavailable(cause) = &self {
-            tracing::error!(error = %cause, "request failed: redis unavailable");
+        match &self {
+            Self::Unavailable(cause) => {
+                tracing::error!(error = %cause, "request failed: redis unavailable")
+            }
+            Self::Internal(cause) => tracing::error!(error = %cause, "request failed"),
+            _ => {}
         }
         (
             status,

@@ -1,14 +1,17 @@
 //! Routes. Handlers are thin: parse ids, ask the broker, shape JSON.
 
+mod admin;
 mod error;
 mod ws;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::AppError;
 
@@ -18,21 +21,44 @@ use crate::protocol::UserInfo;
 
 /// Every endpoint of the node on one router.
 pub fn router(state: AppState) -> Router {
+    let cors = cors(&state);
     Router::new()
         .route("/ws/{room_id}/{user_id}", get(ws::upgrade))
+        .route("/rooms", get(admin::list_rooms).post(admin::create_room))
+        .route(
+            "/rooms/{room_id}",
+            get(admin::get_room).delete(admin::delete_room),
+        )
         .route("/rooms/{room_id}/users", get(room_users))
+        .route("/rooms/{room_id}/users/{user_id}", delete(admin::kick_user))
         .route("/users/{user_id}", get(user))
+        .route("/tokens", post(admin::create_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { AppError::NotFound })
+        .layer(cors)
         .with_state(state)
+}
+
+/// CORS for browser dashboards, from the same `ALLOWED_ORIGINS` as WebSockets.
+fn cors(state: &AppState) -> CorsLayer {
+    let origins = match &state.config.security.allowed_origins {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }
 
 async fn room_users(
     State(state): State<AppState>,
+    presented: admin::Bearer,
     Path(room_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let room = RoomId::parse(&room_id).map_err(|_| AppError::InvalidId)?;
+    admin::authorize_membership(&state, &presented, Some(room.as_str()))?;
     let users = state.broker.room_users(&room).await?;
     Ok(Json(
         json!({"room_id": room.as_str(), "count": users.len(), "users": users}),
@@ -41,15 +67,17 @@ async fn room_users(
 
 async fn user(
     State(state): State<AppState>,
+    presented: admin::Bearer,
     Path(user_id): Path<String>,
 ) -> Result<Json<UserInfo>, AppError> {
     let user = UserId::parse(&user_id).map_err(|_| AppError::InvalidId)?;
-    state
-        .broker
-        .user(&user)
-        .await?
-        .map(Json)
-        .ok_or(AppError::UserNotFound)
+    let info = state.broker.user(&user).await?;
+    admin::authorize_membership(
+        &state,
+        &presented,
+        info.as_ref().map(|i| i.user.room_id.as_str()),
+    )?;
+    info.map(Json).ok_or(AppError::UserNotFound)
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -1,23 +1,66 @@
-//! `GET /ws/{room_id}/{user_id}`. Refused connections are still upgraded, so a
-//! browser can read the `error` frame and close code (PROTOCOL.md section 2).
+//! `GET /ws/{room_id}/{user_id}`. Checks run in a fixed order: ids (4400), origin
+//! (HTTP 403 before any upgrade, against cross-site WebSocket hijacking), node
+//! capacity (1013), token (4401 / 4403); the room's own rules follow in the session.
+//! Refused connections past the origin check are still upgraded, so a browser can
+//! read the `error` frame and close code (PROTOCOL.md section 2).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::{OnFailedUpgrade, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
+use super::AppError;
 use crate::app::AppState;
+use crate::auth::{bearer, Denied};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{close_code, ErrorCode};
-use crate::session;
+use crate::session::{self, Credentials};
 
 /// tungstenite's default read buffer is 128 KiB per connection; signaling frames
 /// are small, and at 100k connections that default alone would be 12 GiB.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Query parameters a client may send. They are never logged.
+#[derive(Deserialize, Default)]
+pub(super) struct WsQuery {
+    token: Option<String>,
+    password: Option<String>,
+}
+
+/// Whether a request's `Origin` may open sessions. No `Origin` (native apps, servers) is allowed.
+pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let (Some(allowed), Some(origin)) = (
+        &state.config.security.allowed_origins,
+        headers.get(header::ORIGIN),
+    ) else {
+        return true;
+    };
+    origin.to_str().is_ok_and(|o| {
+        allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(o.trim_end_matches('/')))
+    })
+}
+
+/// Upgrades only to send one `error` frame and the close code.
+fn refuse<F: OnFailedUpgrade>(
+    ws: WebSocketUpgrade<F>,
+    state: &AppState,
+    code: ErrorCode,
+    close: u16,
+    text: &'static str,
+) -> Response {
+    let tracker = state.tracker.clone();
+    ws.on_upgrade(move |socket| tracker.track_future(session::reject(socket, code, close, text)))
+}
+
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let max = state.config.max_message_bytes;
@@ -27,49 +70,89 @@ pub(super) async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"));
+
     let ids = path.ok().and_then(|Path((room, user))| {
         Some((RoomId::parse(&room).ok()?, UserId::parse(&user).ok()?))
     });
-    let tracker = state.tracker.clone();
-
     let Some((room, user)) = ids else {
         tracing::info!("connection refused: invalid room or user id");
-        return ws.on_upgrade(move |socket| {
-            tracker.track_future(session::reject(
-                socket,
-                ErrorCode::InvalidId,
-                close_code::INVALID_ID,
-                "invalid room_id or user_id",
-            ))
-        });
+        return refuse(
+            ws,
+            &state,
+            ErrorCode::InvalidId,
+            close_code::INVALID_ID,
+            "invalid room_id or user_id",
+        );
     };
+    if !origin_allowed(&state, &headers) {
+        tracing::warn!(room_id = %room, user_id = %user, "connection refused: origin not allowed");
+        return AppError::ForbiddenOrigin.into_response();
+    }
     if state.is_draining() {
-        return ws.on_upgrade(move |socket| {
-            tracker.track_future(session::reject(
-                socket,
-                ErrorCode::Shutdown,
-                close_code::GOING_AWAY,
-                "node shutting down; reconnect",
-            ))
-        });
+        return refuse(
+            ws,
+            &state,
+            ErrorCode::Shutdown,
+            close_code::GOING_AWAY,
+            "node shutting down; reconnect",
+        );
     }
     let Some(slot) = state.try_admit() else {
         tracing::warn!(
             limit = state.config.max_connections,
             "connection refused: node at MAX_CONNECTIONS"
         );
-        return ws.on_upgrade(move |socket| {
-            tracker.track_future(session::reject(
-                socket,
-                ErrorCode::Unavailable,
-                close_code::TRY_AGAIN_LATER,
-                "node at its connection limit; retry",
-            ))
-        });
+        return refuse(
+            ws,
+            &state,
+            ErrorCode::Unavailable,
+            close_code::TRY_AGAIN_LATER,
+            "node at its connection limit; retry",
+        );
     };
+
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let mut credentials = Credentials {
+        claims: None,
+        password: query.password,
+    };
+    if let Some(verifier) = &state.verifier {
+        let token = query.token.as_deref().or_else(|| {
+            bearer(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            )
+        });
+        match verifier.admit(token, room.as_str(), user.as_str()) {
+            Ok(claims) => credentials.claims = Some(claims),
+            Err(Denied::Unauthorized) => {
+                tracing::info!(room_id = %room, user_id = %user, "connection refused: missing or invalid token");
+                return refuse(
+                    ws,
+                    &state,
+                    ErrorCode::Unauthorized,
+                    close_code::UNAUTHORIZED,
+                    "missing, invalid or expired token",
+                );
+            }
+            Err(Denied::Forbidden) => {
+                tracing::info!(room_id = %room, user_id = %user, "connection refused: token is for another user or room");
+                return refuse(
+                    ws,
+                    &state,
+                    ErrorCode::Forbidden,
+                    close_code::FORBIDDEN,
+                    "token not valid for this user or room",
+                );
+            }
+        }
+    }
+
+    let tracker = state.tracker.clone();
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
-            session::run(socket, state, room, user).await;
+            session::run(socket, state, room, user, credentials).await;
             drop(slot);
         })
     })

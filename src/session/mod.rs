@@ -6,6 +6,7 @@
 //! never stalls its own sending, and its queue bound closes it instead. The reader
 //! awaits each relay before taking the next frame, which keeps per-sender order.
 
+mod admission;
 pub mod outbox;
 mod rate;
 mod relay;
@@ -18,13 +19,14 @@ use futures::{SinkExt, StreamExt};
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::broker::{JoinRequest, LeaveRequest};
+use crate::broker::{JoinRequest, JoinResult, LeaveRequest};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::{
     close_code, echo_fields, error_frame, now_rfc3339_millis, room_users_frame, ErrorCode,
     LeaveReason, Role,
 };
 use crate::registry::SessionHandle;
+pub use admission::Credentials;
 use outbox::{CloseReason, Inbox, Outbox};
 
 /// How long the last frames (error, close) may take to reach a client that stopped reading.
@@ -108,7 +110,13 @@ impl End {
 }
 
 /// Serves one accepted WebSocket for `user` in `room` until it ends.
-pub async fn run(socket: WebSocket, state: AppState, room: RoomId, user: UserId) {
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    room: RoomId,
+    user: UserId,
+    credentials: Credentials,
+) {
     let session = SessionId::new();
     let span = tracing::info_span!(
         "session",
@@ -117,7 +125,7 @@ pub async fn run(socket: WebSocket, state: AppState, room: RoomId, user: UserId)
         session_id = %session,
         node_id = %state.config.node_id,
     );
-    serve(socket, state, room, user, session)
+    serve(socket, state, room, user, session, credentials)
         .instrument(span)
         .await;
 }
@@ -128,15 +136,21 @@ async fn serve(
     room: RoomId,
     user: UserId,
     session: SessionId,
+    credentials: Credentials,
 ) {
     tracing::info!("connected");
+    let admitted = match admission::admit(&state, &room, &user, credentials).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return reject(socket, refusal.code, refusal.close, refusal.text).await,
+    };
     let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
     let request = JoinRequest {
         room: room.clone(),
         user: user.clone(),
         session,
-        role: Role::Peer,
+        role: admitted.role,
         joined_at: now_rfc3339_millis(),
+        max_users: admitted.max_users,
     };
     let handle = SessionHandle {
         session_id: session,
@@ -154,30 +168,24 @@ async fn serve(
     if let Err(e) = state.broker.subscribe(&user).await {
         tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
         forget(&state, &user, session).await;
-        reject(
-            socket,
-            ErrorCode::Unavailable,
-            close_code::TRY_AGAIN_LATER,
-            "signaling unavailable; retry",
-        )
-        .await;
-        return;
+        let refusal = admission::STORE_DOWN;
+        return reject(socket, refusal.code, refusal.close, refusal.text).await;
     }
     let joined = match state.broker.join(&request).await {
-        Ok(joined) => joined,
+        Ok(JoinResult::Joined(joined)) => joined,
+        Ok(JoinResult::Full) => {
+            tracing::info!("join refused: room full");
+            forget(&state, &user, session).await;
+            let refusal = admission::ROOM_FULL;
+            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "join failed");
             // The script may have run with its reply lost: undo it (session-guarded).
-            leave(&state, &room, &user, session, LeaveReason::Left).await;
             forget(&state, &user, session).await;
-            reject(
-                socket,
-                ErrorCode::Unavailable,
-                close_code::TRY_AGAIN_LATER,
-                "signaling unavailable; retry",
-            )
-            .await;
-            return;
+            leave(&state, &room, &user, session, LeaveReason::Left).await;
+            let refusal = admission::STORE_DOWN;
+            return reject(socket, refusal.code, refusal.close, refusal.text).await;
         }
     };
     tracing::info!(
@@ -192,7 +200,18 @@ async fn serve(
     let first = room_users_frame(&room, &request.user_object(), &users);
     state.registry.activate(&user, session, &joined.members);
     let end = match socket.send(Message::Text(first.into())).await {
-        Ok(()) => pump(socket, &state, &room, &user, &outbox, &mut inbox).await,
+        Ok(()) => {
+            pump(
+                socket,
+                &state,
+                &room,
+                &user,
+                request.role,
+                &outbox,
+                &mut inbox,
+            )
+            .await
+        }
         Err(_) => (End::ClientGone, None),
     };
     let (end, socket) = end;
@@ -217,6 +236,7 @@ async fn pump(
     state: &AppState,
     room: &RoomId,
     user: &UserId,
+    role: Role,
     outbox: &Outbox,
     inbox: &mut Inbox,
 ) -> (End, Option<FarewellSocket>) {
@@ -256,7 +276,7 @@ async fn pump(
             }
             match msg {
                 Ok(Message::Text(text)) => {
-                    relay::handle_text(state, room, user, outbox, text.as_str()).await
+                    relay::handle_text(state, room, user, role, outbox, text.as_str()).await
                 }
                 Ok(Message::Binary(_)) => {
                     outbox.push(error_frame(

@@ -5,7 +5,8 @@ use crate::app::AppState;
 use crate::broker::RelayOutcome;
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{
-    error_frame, parse_client_frame, pong_frame, relayed_frame, ClientFrame, ErrorCode, Relay,
+    error_frame, parse_client_frame_as, pong_frame, relayed_frame, ClientFrame, ErrorCode, Relay,
+    Role,
 };
 
 use super::outbox::Outbox;
@@ -15,10 +16,11 @@ pub(super) async fn handle_text(
     state: &AppState,
     room: &RoomId,
     user: &UserId,
+    role: Role,
     outbox: &Outbox,
     text: &str,
 ) {
-    match parse_client_frame(text) {
+    match parse_client_frame_as(text, role) {
         Err(rejection) => {
             tracing::debug!(code = rejection.code.as_str(), "rejected frame");
             outbox.push(rejection.to_frame());

@@ -1,9 +1,20 @@
 -- Registers a session and announces it, atomically.
--- KEYS[1] room set, KEYS[2] user hash, KEYS[3] this node's sessions hash
+-- KEYS[1] room set, KEYS[2] user hash, KEYS[3] this node's sessions hash,
+-- KEYS[4] room index (sorted set), KEYS[5] room metadata hash
 -- ARGV: 1 user_id, 2 room_id, 3 session_id, 4 node_id, 5 joined_at, 6 role,
---       7 ttl seconds, 8 key prefix, 9 `J` envelope (user_joined) for the members
--- Returns { replaced session id or "", member, joined_at, role, session_id, ... }
+--       7 ttl seconds, 8 key prefix, 9 `J` envelope (user_joined) for the members,
+--       10 max_users (0: unlimited)
+-- Returns { replaced session id or "", member, joined_at, role, session_id, ... },
+-- or { "!full" } (nothing written) when the room is at max_users.
 local user, room, prefix = ARGV[1], ARGV[2], ARGV[8]
+local max_users = tonumber(ARGV[10])
+if max_users > 0 then
+  -- A user replacing its own session takes no extra place.
+  local others = redis.call('SCARD', KEYS[1]) - redis.call('SISMEMBER', KEYS[1], user)
+  if others >= max_users then
+    return { '!full' }
+  end
+end
 local old = redis.call('HMGET', KEYS[2], 'room_id', 'session_id', 'node_id')
 local old_room, old_sid, old_node = old[1], old[2], old[3]
 
@@ -33,6 +44,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('HSET', KEYS[3], user, ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('ZADD', KEYS[4], 0, room)
+redis.call('EXPIRE', KEYS[5], ARGV[7])
 
 local out = { old_sid or '' }
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do

@@ -23,4 +23,8 @@ local left = 'L ' .. user .. ' ' .. sid .. '\n{"type":"user_left","payload":{"us
 for _, m in ipairs(redis.call('SMEMBERS', room_key)) do
   redis.call('PUBLISH', prefix .. 'ch:user:' .. m, left)
 end
+-- An emptied room leaves the index unless it was created (its metadata expires later).
+if redis.call('EXISTS', room_key) == 0 and redis.call('EXISTS', prefix .. 'roommeta:' .. info[2]) == 0 then
+  redis.call('ZREM', prefix .. 'rooms', info[2])
+end
 return 1

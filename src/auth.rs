@@ -1,0 +1,316 @@
+//! Who may do what: client tokens (JWT) for WebSockets and membership queries,
+//! tokens minted by `POST /tokens`, and the admin bearer. Crypto and parsing are
+//! jsonwebtoken's and subtle's, never ours.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::{JwtKey, Security};
+use crate::protocol::Role;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 5;
+
+/// The claims of a client token (PROTOCOL.md section 9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id the token is for.
+    pub sub: String,
+    /// The room it admits to, or `*` for any.
+    pub room: String,
+    /// `host` or `audience` in moderated rooms; absent means audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token admits to `room`.
+    pub fn covers(&self, room: &str) -> bool {
+        self.room == "*" || self.room == room
+    }
+
+    /// The role in a moderated room: `host` only when the token says so.
+    pub fn moderated_role(&self) -> Role {
+        match self.role.as_deref() {
+            Some("host") => Role::Host,
+            _ => Role::Audience,
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Missing, malformed, badly signed, expired, wrong algorithm: 4401 / 401.
+    Unauthorized,
+    /// Valid, but for another user or room: 4403 / 403.
+    Forbidden,
+}
+
+/// Verifies client tokens with the configured key and algorithm.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Checks that a PEM public key is RSA or EC P-256, for a clear startup error.
+pub fn check_public_key(pem: &[u8]) -> Result<Algorithm, String> {
+    if DecodingKey::from_rsa_pem(pem).is_ok() {
+        Ok(Algorithm::RS256)
+    } else if DecodingKey::from_ec_pem(pem).is_ok() {
+        Ok(Algorithm::ES256)
+    } else {
+        Err("not a PEM RSA or EC public key".to_owned())
+    }
+}
+
+impl Verifier {
+    /// The verifier for `AUTH_MODE=jwt`, or `None` when auth is off.
+    pub fn new(security: &Security) -> Option<Self> {
+        let (key, alg) = match security.auth.as_ref()? {
+            JwtKey::Secret(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::PublicPem(pem) => match check_public_key(pem).ok()? {
+                Algorithm::RS256 => (DecodingKey::from_rsa_pem(pem).ok()?, Algorithm::RS256),
+                _ => (DecodingKey::from_ec_pem(pem).ok()?, Algorithm::ES256),
+            },
+        };
+        // One algorithm only: a token signed otherwise (or `alg: none`) is refused.
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &security.jwt_issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &security.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Some(Self { key, validation })
+    }
+
+    /// Decodes and checks a token's signature and times.
+    pub fn verify(&self, token: &str) -> Result<Claims, Denied> {
+        decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|_| Denied::Unauthorized)
+    }
+
+    /// A token that lets `user` into `room`.
+    pub fn admit(&self, token: Option<&str>, room: &str, user: &str) -> Result<Claims, Denied> {
+        let claims = self.verify(token.ok_or(Denied::Unauthorized)?)?;
+        if claims.sub != user || !claims.covers(room) {
+            return Err(Denied::Forbidden);
+        }
+        Ok(claims)
+    }
+}
+
+/// A token minted by `POST /tokens`, and when it expires (seconds since the epoch).
+pub fn issue(
+    security: &Security,
+    user: &str,
+    room: &str,
+    role: Option<Role>,
+    ttl: Duration,
+) -> Option<(String, u64)> {
+    let secret = security.token_secret.as_ref()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    let exp = now + ttl.min(security.token_max_ttl).as_secs().max(1);
+    let claims = Claims {
+        sub: user.to_owned(),
+        room: room.to_owned(),
+        role: role.map(|r| r.as_str().to_owned()),
+        exp,
+        nbf: None,
+        iss: security.jwt_issuer.clone(),
+        aud: security.jwt_audience.clone(),
+    };
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .ok()?;
+    Some((token, exp))
+}
+
+/// A room password's argon2id hash (PHC string, random salt). Slow on purpose:
+/// call it off the async threads (`spawn_blocking`).
+pub fn hash_password(password: &str) -> Option<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .ok()
+        .map(|h| h.to_string())
+}
+
+/// Whether `password` matches a stored hash (constant time inside argon2). Slow:
+/// call it off the async threads.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// Why an admin request was refused (PROTOCOL.md section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminDenied {
+    /// `ADMIN_TOKEN` is not configured: 403 `admin_disabled`.
+    Disabled,
+    /// No bearer: 401 `unauthorized`.
+    Missing,
+    /// A wrong bearer: 403 `forbidden`.
+    Wrong,
+}
+
+/// The token of an `Authorization: Bearer …` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `presented` is the configured admin token, compared in constant time.
+pub fn is_admin(configured: Option<&str>, presented: Option<&str>) -> bool {
+    matches!((configured, presented), (Some(c), Some(p)) if bool::from(c.as_bytes().ct_eq(p.as_bytes())))
+}
+
+/// Checks an admin request's bearer.
+pub fn check_admin(configured: Option<&str>, presented: Option<&str>) -> Result<(), AdminDenied> {
+    let configured = configured.ok_or(AdminDenied::Disabled)?;
+    let presented = presented.ok_or(AdminDenied::Missing)?;
+    if is_admin(Some(configured), Some(presented)) {
+        Ok(())
+    } else {
+        Err(AdminDenied::Wrong)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn security(secret: &str) -> Security {
+        Security {
+            auth: Some(JwtKey::Secret(secret.as_bytes().to_vec())),
+            token_secret: Some(secret.as_bytes().to_vec()),
+            token_max_ttl: Duration::from_secs(60),
+            ..Security::default()
+        }
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_are_scoped() {
+        let s = security("k1");
+        let v = Verifier::new(&s).unwrap();
+        let (token, exp) = issue(
+            &s,
+            "alice",
+            "r1",
+            Some(Role::Host),
+            Duration::from_secs(9999),
+        )
+        .unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(exp <= now + 60, "ttl is capped");
+        let claims = v.admit(Some(&token), "r1", "alice").unwrap();
+        assert_eq!(claims.moderated_role(), Role::Host);
+        assert_eq!(
+            v.admit(Some(&token), "r2", "alice").unwrap_err(),
+            Denied::Forbidden
+        );
+        assert_eq!(
+            v.admit(Some(&token), "r1", "bob").unwrap_err(),
+            Denied::Forbidden
+        );
+        assert_eq!(
+            v.admit(None, "r1", "alice").unwrap_err(),
+            Denied::Unauthorized
+        );
+        let other = Verifier::new(&security("k2")).unwrap();
+        assert_eq!(
+            other.admit(Some(&token), "r1", "alice").unwrap_err(),
+            Denied::Unauthorized
+        );
+    }
+
+    #[test]
+    fn unsigned_and_expired_tokens_are_refused() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let v = Verifier::new(&security("k1")).unwrap();
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"sub":"alice","room":"*","exp":9999999999}"#)
+        );
+        assert_eq!(v.verify(&none).unwrap_err(), Denied::Unauthorized);
+        let expired = encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "alice".into(),
+                room: "*".into(),
+                role: None,
+                exp: 1_000,
+                nbf: None,
+                iss: None,
+                aud: None,
+            },
+            &EncodingKey::from_secret(b"k1"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&expired).unwrap_err(), Denied::Unauthorized);
+    }
+
+    #[test]
+    fn admin_bearer_rules() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(check_admin(None, Some("x")), Err(AdminDenied::Disabled));
+        assert_eq!(check_admin(Some("t"), None), Err(AdminDenied::Missing));
+        assert_eq!(check_admin(Some("t"), Some("u")), Err(AdminDenied::Wrong));
+        assert_eq!(check_admin(Some("t"), Some("t")), Ok(()));
+    }
+
+    #[test]
+    fn passwords_are_stored_as_argon2_hashes() {
+        let hash = hash_password("hunter2").unwrap();
+        assert!(hash.starts_with("$argon2") && !hash.contains("hunter2"));
+        assert!(verify_password("hunter2", &hash));
+        assert!(!verify_password("hunter3", &hash));
+        assert!(!verify_password("hunter2", "not a hash"));
+    }
+
+    #[test]
+    fn public_keys_pick_their_algorithm() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        assert_eq!(
+            check_public_key(key.public_key_pem().as_bytes()),
+            Ok(Algorithm::ES256)
+        );
+        assert!(check_public_key(b"not a key").is_err());
+    }
+}
