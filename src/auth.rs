@@ -88,15 +88,23 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely right when present.
+        let mut required = vec!["exp", "sub"];
         match &security.jwt_issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &security.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Some(Self { key, validation })
     }
 
@@ -282,6 +290,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.verify(&expired).unwrap_err(), Denied::Unauthorized);
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required() {
+        let mut s = security("k1");
+        s.jwt_issuer = Some("me".into());
+        s.jwt_audience = Some("us".into());
+        let v = Verifier::new(&s).unwrap();
+        let (good, _) = issue(&s, "alice", "r1", None, Duration::from_secs(60)).unwrap();
+        assert!(v.verify(&good).is_ok());
+        let plain = security("k1");
+        let (bare, _) = issue(&plain, "alice", "r1", None, Duration::from_secs(60)).unwrap();
+        assert_eq!(v.verify(&bare).unwrap_err(), Denied::Unauthorized);
     }
 
     #[test]

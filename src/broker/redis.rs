@@ -9,7 +9,7 @@
 //! scripts (`lua/`), atomic and one round trip each. Whether Redis answers is
 //! tracked here and logged once per change, not once per failed command.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ const POOL_SIZE: usize = 16;
 /// Checkout health check (a PING) bound: short, so after a network freeze the pool
 /// discards its dead connections quickly instead of 3 s apiece.
 const RECYCLE_TIMEOUT: Duration = Duration::from_secs(1);
+const KEY_UNCHECKED: u8 = 0;
+const KEY_MATCHES: u8 = 1;
+const KEY_DIFFERS: u8 = 2;
+
 /// How long the dead marker of an evicted node is kept for it to find.
 const DEAD_MARKER_SECS: u64 = 3600;
 
@@ -88,8 +92,9 @@ pub struct RedisBroker {
     reachable: AtomicBool,
     /// Seals relayed frames (`PAYLOAD_ENCRYPTION_KEY`).
     cipher: Option<Arc<PayloadCipher>>,
-    /// False while this node's payload key differs from the cluster's: not ready.
-    key_ok: AtomicBool,
+    /// Whether this node's payload key was compared with the cluster's, and matched:
+    /// [`KEY_UNCHECKED`], [`KEY_MATCHES`] or [`KEY_DIFFERS`]. Only a match is ready.
+    key_state: AtomicU8,
 }
 
 impl RedisBroker {
@@ -142,7 +147,7 @@ impl RedisBroker {
             scripts: Scripts::load(),
             reachable: AtomicBool::new(true),
             cipher,
-            key_ok: AtomicBool::new(true),
+            key_state: AtomicU8::new(KEY_UNCHECKED),
         })
     }
 
@@ -192,13 +197,11 @@ impl RedisBroker {
             Some(c) => c.matches_key_check(&stored),
             None => stored == "none",
         };
-        if !ok && self.key_ok.swap(false, Ordering::AcqRel) {
+        let state = if ok { KEY_MATCHES } else { KEY_DIFFERS };
+        if self.key_state.swap(state, Ordering::AcqRel) != state && !ok {
             tracing::error!(
                 "PAYLOAD_ENCRYPTION_KEY differs from the key the cluster uses: this node cannot read its peers' messages; not ready"
             );
-        }
-        if ok {
-            self.key_ok.store(true, Ordering::Release);
         }
         Ok(ok)
     }
@@ -463,7 +466,15 @@ impl RedisBroker {
     }
 
     pub(super) async fn ready(&self) -> bool {
-        if !self.subscriber.is_connected() || !self.key_ok.load(Ordering::Acquire) {
+        if !self.subscriber.is_connected() {
+            return false;
+        }
+        // Never ready before the payload key was compared with the cluster's.
+        let key_ok = match self.key_state.load(Ordering::Acquire) {
+            KEY_UNCHECKED => self.check_payload_key().await.unwrap_or(false),
+            state => state == KEY_MATCHES,
+        };
+        if !key_ok {
             return false;
         }
         let (_, mut conn) = self.relay.get();

@@ -61,6 +61,14 @@ const CONFIG_VARS: &[&str] = &[
     "AUTH_MODE",
     "JWT_SECRET",
     "JWT_PUBLIC_KEY_FILE",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "TOKEN_MAX_TTL_SECONDS",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "ALLOWED_ORIGINS",
+    "PAYLOAD_ENCRYPTION_KEY",
+    "MAX_CONNECTIONS",
 ];
 
 // ---------------------------------------------------------------------------
@@ -1439,4 +1447,597 @@ pub async fn pair(c: &Cluster) -> (String, TestClient, Value, TestClient, Value)
     let (bob, bob_user) = join(c.node(1), &room, "bob").await;
     alice.expect_frame(&user_joined(&bob_user)).await;
     (room, alice, alice_user, bob, bob_user)
+}
+
+// ---------------------------------------------------------------------------
+// Security: HTTP and WebSocket requests with headers, TLS, Redis taps
+// ---------------------------------------------------------------------------
+
+/// An HTTP reply: status, headers and the body as text.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl HttpReply {
+    /// The body as JSON (`Null` when empty); panics naming the body otherwise.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        if self.text.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {}: body is not JSON ({e}): {:?}",
+                self.status, self.text
+            )
+        })
+    }
+
+    /// A header's value as text, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+impl TestNode {
+    /// `METHOD path` with extra `headers` and an optional raw body (sent as
+    /// `application/json`); bounded by TIMEOUT.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> HttpReply {
+        let url = format!("{}{path}", self.http_url());
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid HTTP method");
+        let mut request = http_client().request(method.clone(), &url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let resp = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"));
+        HttpReply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    /// `METHOD path` with `Authorization: Bearer {bearer}` (none when `None`) and an
+    /// optional JSON body → (status, JSON body or `Null` when empty).
+    pub async fn bearer_request(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let body = body.map(Value::to_string);
+        let reply = self.request(method, path, &headers, body.as_deref()).await;
+        (reply.status, reply.json())
+    }
+
+    /// Polls `GET /healthz` until 200 (for nodes that are expected not to become ready).
+    pub async fn wait_healthy(&self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let client = http_client();
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return Err(format!(
+                    "node {} exited before healthy: {status}",
+                    self.node_id
+                ));
+            }
+            let url = format!("{}/healthz", self.http_url());
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().as_u16() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "node {} not healthy within {READY_TIMEOUT:?}",
+                    self.node_id
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The node's exit status, if it has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.try_exit_status()
+    }
+}
+
+impl TestClient {
+    /// Opens a WebSocket to `url` with extra request `headers` (e.g. Origin,
+    /// Authorization). `Err((status, body))` when the server answered the upgrade
+    /// request with a plain HTTP response; any other failure panics.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, (u16, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        use tokio_tungstenite::tungstenite::Error as WsError;
+
+        let mut request = url
+            .into_client_request()
+            .unwrap_or_else(|e| panic!("bad WebSocket URL {url}: {e}"));
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("valid header name"),
+                HeaderValue::from_str(value).expect("valid header value"),
+            );
+        }
+        match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+            Err(_) => panic!("timed out connecting to {url}"),
+            Ok(Ok((ws, _response))) => Ok(Self {
+                ws,
+                label: url.to_owned(),
+            }),
+            Ok(Err(WsError::Http(response))) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Ok(Err(e)) => panic!("WebSocket connect to {url} failed: {e}"),
+        }
+    }
+
+    /// Like [`TestClient::try_connect_with`], but the upgrade must succeed.
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)], label: &str) -> Self {
+        match Self::try_connect_with(url, headers).await {
+            Ok(mut client) => {
+                client.label = label.to_owned();
+                client
+            }
+            Err((status, body)) => {
+                panic!("{label}: upgrade refused with HTTP {status}: {body}")
+            }
+        }
+    }
+
+    /// Connects to `url` with `headers`; the first frame must be `room_users`,
+    /// which is returned.
+    pub async fn join_with(url: &str, headers: &[(&str, &str)], label: &str) -> (Self, Value) {
+        let mut client = Self::connect_with(url, headers, label).await;
+        let frame = client.recv_json().await;
+        assert_eq!(
+            frame["type"], "room_users",
+            "{label}: the first frame must be room_users, got {frame}"
+        );
+        (client, frame)
+    }
+
+    /// Connects to `url` with `headers`: the upgrade must succeed, then the server
+    /// must send exactly one `error` with `code` and close with `close_code`.
+    pub async fn expect_rejected(
+        url: &str,
+        headers: &[(&str, &str)],
+        code: &str,
+        close_code: u16,
+        label: &str,
+    ) {
+        let mut client = Self::connect_with(url, headers, label).await;
+        client.expect_error_then_close(code, close_code).await;
+    }
+}
+
+/// Asserts a USER object: exactly user_id, room_id, joined_at, role, with `role`.
+#[track_caller]
+pub fn assert_user_with_role(user: &Value, user_id: &str, room: &str, role: &str) {
+    assert_keys(
+        user,
+        &["user_id", "room_id", "joined_at", "role"],
+        &format!("USER {user}"),
+    );
+    assert_eq!(user["user_id"], user_id, "USER {user}: user_id");
+    assert_eq!(user["room_id"], room, "USER {user}: room_id");
+    assert_eq!(user["role"], role, "USER {user}: role");
+    assert_timestamp(&user["joined_at"]);
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir()
+            .join("signal-node-tests")
+            .join(format!("d-{}", Uuid::new_v4().simple()));
+        fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `name` inside the directory; returns the full path as text.
+    pub fn write(&self, name: &str, contents: &[u8]) -> String {
+        let path = self.path.join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files.
+pub struct SelfSigned {
+    pub cert_der: Vec<u8>,
+    pub cert_path: String,
+    pub key_path: String,
+    _dir: TempDir,
+}
+
+impl SelfSigned {
+    pub fn generate() -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .expect("generate a self-signed certificate");
+        let dir = TempDir::new();
+        let cert_path = dir.write("cert.pem", certified.cert.pem().as_bytes());
+        let key_path = dir.write("key.pem", certified.signing_key.serialize_pem().as_bytes());
+        Self {
+            cert_der: certified.cert.der().to_vec(),
+            cert_path,
+            key_path,
+            _dir: dir,
+        }
+    }
+
+    /// A rustls client configuration that trusts only this certificate.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                self.cert_der.clone(),
+            ))
+            .expect("add the self-signed certificate as a root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    }
+}
+
+/// A blocking TLS stream to `127.0.0.1:port` verified as `localhost`; every read
+/// and write is bounded by TIMEOUT.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+pub fn tls_connect(
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<TlsStream, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(TIMEOUT))
+        .expect("set_read_timeout");
+    tcp.set_write_timeout(Some(TIMEOUT))
+        .expect("set_write_timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let mut conn =
+        rustls::ClientConnection::new(config, name).map_err(|e| format!("TLS client: {e}"))?;
+    let mut tcp = tcp;
+    // Complete the handshake now, so that certificate errors surface here.
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Blocking `GET path` over TLS (HTTP/1.1, `Connection: close`) → (status, body).
+pub fn https_get_blocking(
+    port: u16,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(u16, String), String> {
+    let mut stream = tls_connect(port, config)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write request: {e}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A peer that closes without close_notify: keep what arrived.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+            Err(e) => return Err(format!("read response: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A blocking WebSocket client over TLS (tungstenite over rustls), for `wss://`
+/// tests without a TLS feature in tokio-tungstenite. Reads are bounded by TIMEOUT.
+pub struct BlockingWs {
+    ws: tungstenite::WebSocket<TlsStream>,
+    label: String,
+}
+
+impl BlockingWs {
+    /// Connects to `wss://localhost:{port}{path}`.
+    pub fn connect(
+        port: u16,
+        path: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, String> {
+        let stream = tls_connect(port, config)?;
+        let url = format!("wss://localhost:{port}{path}");
+        let (ws, _response) =
+            tungstenite::client::client(url.as_str(), stream).map_err(|e| format!("{url}: {e}"))?;
+        Ok(Self { ws, label: url })
+    }
+
+    pub fn send_json(&mut self, frame: &Value) {
+        self.ws
+            .send(tungstenite::Message::text(frame.to_string()))
+            .unwrap_or_else(|e| panic!("{}: send failed: {e}", self.label));
+    }
+
+    /// The next JSON text frame (ping/pong skipped).
+    pub fn recv_json(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    return serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("{}: frame is not JSON ({e}): {text:?}", self.label)
+                    })
+                }
+                Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
+                Ok(other) => panic!("{}: expected a JSON text frame, got {other:?}", self.label),
+                Err(e) => panic!("{}: no frame (within {TIMEOUT:?}): {e}", self.label),
+            }
+        }
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(None);
+        // Drain until the server's close arrives or the stream ends (bounded by the read timeout).
+        while self.ws.read().is_ok() {}
+    }
+}
+
+/// A redis-server listening on a plain port (for `redis-cli` and PING) and on a TLS
+/// port (for the nodes, `rediss://`). Killed on drop.
+pub struct TlsRedis {
+    pub server: RedisServer,
+    tls_port: u16,
+    _cert: SelfSigned,
+}
+
+impl TlsRedis {
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/0#insecure` (self-signed: no verification).
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0#insecure", self.tls_port)
+    }
+}
+
+impl RedisServer {
+    /// Starts a redis-server with TLS on a second port. `None` (with the reason on
+    /// stderr) when this redis-server was built without TLS.
+    pub fn start_tls() -> Option<TlsRedis> {
+        let cert = SelfSigned::generate();
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let tls_port = free_port();
+            let log = TempDir::new();
+            let log_path = log.path().join("redis.log");
+            let log_file = File::create(&log_path).expect("create redis log");
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--tls-port", &tls_port.to_string()])
+                .args(["--tls-cert-file", &cert.cert_path])
+                .args(["--tls-key-file", &cert.key_path])
+                .args(["--tls-auth-clients", "no"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("clone log handle"))
+                .stderr(log_file)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"));
+            match wait_for_pong(port, &mut child) {
+                Ok(()) => {
+                    return Some(TlsRedis {
+                        server: RedisServer {
+                            port,
+                            child: Mutex::new(Some(child)),
+                        },
+                        tls_port,
+                        _cert: cert,
+                    })
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let output = fs::read_to_string(&log_path).unwrap_or_default();
+                    if output.to_lowercase().contains("in use") {
+                        last_error = format!("{e}: {output}");
+                        continue;
+                    }
+                    eprintln!("redis-server cannot serve TLS here ({e}):\n{output}");
+                    return None;
+                }
+            }
+        }
+        panic!("TLS redis-server did not start: {last_error}");
+    }
+}
+
+impl RedisServer {
+    /// Every key matching `pattern` with its type and full content as text
+    /// (`GET`, `HGETALL`, `SMEMBERS`, `LRANGE`, `ZRANGE`, `XRANGE`).
+    pub fn dump(&self, pattern: &str) -> Vec<(String, String)> {
+        self.keys(pattern)
+            .into_iter()
+            .map(|key| {
+                let kind = self.key_type(&key);
+                let content = match kind.as_str() {
+                    "string" => self.cli(&["GET", &key]),
+                    "hash" => self.cli(&["HGETALL", &key]),
+                    "set" => self.cli(&["SMEMBERS", &key]),
+                    "list" => self.cli(&["LRANGE", &key, "0", "-1"]),
+                    "zset" => self.cli(&["ZRANGE", &key, "0", "-1", "WITHSCORES"]),
+                    "stream" => self.cli(&["XRANGE", &key, "-", "+"]),
+                    _ => String::new(),
+                };
+                (key, format!("{kind}: {content}"))
+            })
+            .collect()
+    }
+}
+
+/// A raw connection to Redis that sent one command (`MONITOR`, `PSUBSCRIBE ...`)
+/// and records every byte Redis sends back from then on.
+pub struct RedisTap {
+    bytes: std::sync::Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisTap {
+    /// Sends `command` on a fresh connection to `port`; returns once Redis answered
+    /// (the subscription or MONITOR is active from then on).
+    pub async fn start(port: u16, command: &[&str]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut stream =
+            tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
+                .await
+                .expect("redis tap: connect timed out")
+                .expect("redis tap: connect failed");
+        let mut resp = format!("*{}\r\n", command.len());
+        for arg in command {
+            resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        tokio::time::timeout(TIMEOUT, stream.write_all(resp.as_bytes()))
+            .await
+            .expect("redis tap: sending the command timed out")
+            .expect("redis tap: send the command");
+        let bytes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                lock(&sink).extend_from_slice(&buf[..n]);
+            }
+        });
+        let tap = Self { bytes, task };
+        let probe = &tap;
+        eventually(
+            TIMEOUT,
+            format!("Redis to answer {command:?}"),
+            move || async move { !lock(&probe.bytes).is_empty() },
+        )
+        .await;
+        tap
+    }
+
+    /// Everything recorded so far, as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.bytes)).into_owned()
+    }
+
+    /// Whether the recorded bytes contain `needle` (byte-exact).
+    pub fn contains(&self, needle: &str) -> bool {
+        let bytes = lock(&self.bytes);
+        let needle = needle.as_bytes();
+        !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+impl Drop for RedisTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
