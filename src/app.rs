@@ -9,12 +9,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::Instrument;
+
 use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::stats::Stats;
 
 /// How long sessions get to say goodbye and clean Redis after a shutdown signal;
 /// with the steps around it the process exits well within 10 s.
@@ -40,6 +44,10 @@ pub struct AppState {
     connections: Arc<AtomicUsize>,
     /// Client token verification, in `AUTH_MODE=jwt`.
     pub verifier: Option<Arc<Verifier>>,
+    /// Counters and rates for `/stats`.
+    pub stats: Arc<Stats>,
+    /// Renders `/metrics`; `None` when another recorder owns the process (tests).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// One admitted WebSocket; the slot is given back when the session ends.
@@ -47,7 +55,8 @@ pub struct ConnectionSlot(Arc<AtomicUsize>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
     }
 }
 
@@ -80,12 +89,15 @@ impl AppState {
             draining: Arc::new(AtomicBool::new(false)),
             connections: Arc::new(AtomicUsize::new(0)),
             verifier,
+            stats: Arc::new(Stats::default()),
+            metrics: crate::metrics::install(),
         })
     }
 
     /// Takes a connection slot, or `None` when the node is at `MAX_CONNECTIONS`.
     pub fn try_admit(&self) -> Option<ConnectionSlot> {
         let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(crate::metrics::CONNECTIONS).set((before + 1) as f64);
         let slot = ConnectionSlot(self.connections.clone());
         (before < self.config.max_connections).then_some(slot)
     }
@@ -128,9 +140,23 @@ pub async fn run(
     log_security(&config);
     let background = CancellationToken::new();
     let background_tasks = TaskTracker::new();
-    background_tasks.spawn(run_broker(state.broker.clone(), background.clone()));
-    background_tasks.spawn(refresh_ttls(state.clone(), background.clone()));
-    background_tasks.spawn(crate::cluster::run(state.clone(), addr, background.clone()));
+    // Spawned tasks keep the node's span, so their log lines carry the node id.
+    background_tasks.spawn(run_broker(state.broker.clone(), background.clone()).in_current_span());
+    background_tasks.spawn(refresh_ttls(state.clone(), background.clone()).in_current_span());
+    background_tasks
+        .spawn(crate::cluster::run(state.clone(), addr, background.clone()).in_current_span());
+    background_tasks.spawn(
+        crate::stats::run_sampler(
+            state.clone(),
+            config.alert_connection_spike,
+            background.clone(),
+        )
+        .in_current_span(),
+    );
+    if let Some(handle) = state.metrics.clone() {
+        background_tasks.spawn(metrics_upkeep(handle, background.clone()));
+    }
+    crate::metrics::redis_up(true);
 
     let draining = state.clone();
     let stop_accepting = async move {
@@ -209,6 +235,17 @@ async fn serve_tls(
         () = stop_accepting => {
             handle.graceful_shutdown(Some(DRAIN_DEADLINE));
             server.await
+        }
+    }
+}
+
+/// The exporter keeps histograms bounded only if its upkeep runs.
+async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
         }
     }
 }

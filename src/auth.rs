@@ -197,8 +197,8 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether `presented` is the configured admin token, compared in constant time.
-pub fn is_admin(configured: Option<&str>, presented: Option<&str>) -> bool {
+/// Whether `presented` equals the configured secret (admin or metrics token), compared in constant time.
+pub fn secret_matches(configured: Option<&str>, presented: Option<&str>) -> bool {
     matches!((configured, presented), (Some(c), Some(p)) if bool::from(c.as_bytes().ct_eq(p.as_bytes())))
 }
 
@@ -206,7 +206,7 @@ pub fn is_admin(configured: Option<&str>, presented: Option<&str>) -> bool {
 pub fn check_admin(configured: Option<&str>, presented: Option<&str>) -> Result<(), AdminDenied> {
     let configured = configured.ok_or(AdminDenied::Disabled)?;
     let presented = presented.ok_or(AdminDenied::Missing)?;
-    if is_admin(Some(configured), Some(presented)) {
+    if secret_matches(Some(configured), Some(presented)) {
         Ok(())
     } else {
         Err(AdminDenied::Wrong)

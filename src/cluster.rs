@@ -129,8 +129,11 @@ async fn clean_dead_nodes(redis: &RedisBroker) {
     };
     for node in dead {
         match redis.clean_dead_node(&node).await {
+            // Zero: another survivor claimed it first (or it held nobody).
+            Ok(0) => tracing::debug!(dead_node = %node, "dead node had nothing left to evict"),
             Ok(n) => {
-                tracing::warn!(dead_node = %node, sessions = n, "node stopped beating; evicted its sessions")
+                crate::metrics::node_cleaned();
+                tracing::warn!(dead_node = %node, sessions = n, "node stopped beating; evicted its sessions");
             }
             Err(e) => {
                 tracing::warn!(dead_node = %node, error = %e, "dead node cleanup interrupted; retried next beat")

@@ -15,6 +15,7 @@
 //! | `PING_INTERVAL_SECONDS` | `20` | server ping period (decimals allowed); silence for two periods closes with 4408 |
 //! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | `50`, `200` | per-connection token bucket; `0` per second turns it off |
 //! | `MAX_CONNECTIONS` | `10000` | WebSocket sessions per node; past it new ones close with 1013 |
+//! | `ALERT_CONNECTION_SPIKE` | `1000` | WARN when connections rise by more than this within a minute |
 //! | `AUTH_MODE` | `none` | `jwt` requires a token on every WebSocket |
 //! | `JWT_SECRET` | unset | HS256 key: verifies client tokens and signs `POST /tokens` |
 //! | `JWT_PUBLIC_KEY_FILE` | unset | PEM public key (RSA: RS256, EC P-256: ES256) for client tokens |
@@ -100,6 +101,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Tokens, admin, TLS, origins, payload encryption.
     pub security: Security,
+    /// Connection rise within a minute that is logged as a spike.
+    pub alert_connection_spike: usize,
 }
 
 /// How client tokens are verified.
@@ -268,6 +271,7 @@ impl Config {
         }
 
         let security = security(&get)?;
+        let alert_connection_spike = parse_num::<usize>(&get, "ALERT_CONNECTION_SPIKE", 1000)?;
 
         Ok(Self {
             host,
@@ -284,6 +288,7 @@ impl Config {
             rate_limit,
             max_connections,
             security,
+            alert_connection_spike,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! What one node publishes on a user's channel for the node holding that user.
 //!
 //! An envelope is a one-line header, `\n`, then a body:
-//! - `F\n{frame}`: write `{frame}` (final JSON text) to the user's current session.
+//! - `F {published_us}\n{frame}`: write `{frame}` (final JSON text) to the user's current
+//!   session; `published_us` (Unix microseconds, optional) measures delivery latency.
 //! - `J {user_id} {session_id}\n{frame}`: a `user_joined` frame for that member's session.
 //! - `L {user_id} {session_id}\n{frame}`: a `user_left` frame.
 //! - `K {session_id} {reason}\n`: close that one session (`replaced`, `kicked`).
@@ -37,8 +38,11 @@ impl KickReason {
 /// A decoded envelope, borrowing from the published text.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Envelope<'a> {
-    /// A finished frame for the user's current session.
-    Frame(&'a str),
+    /// A finished frame for the user's current session, and when it was published.
+    Frame {
+        frame: &'a str,
+        published_us: Option<u64>,
+    },
     /// `user_joined` for `member`'s session `session`.
     Joined {
         member: &'a str,
@@ -58,12 +62,21 @@ pub enum Envelope<'a> {
     },
 }
 
-/// Wraps a finished frame.
+/// Wraps a finished frame, stamped with the time of publishing.
 pub fn frame(frame: &str) -> String {
-    let mut out = String::with_capacity(frame.len() + 2);
-    out.push_str("F\n");
+    let mut out = String::with_capacity(frame.len() + 20);
+    out.push_str("F ");
+    out.push_str(&now_us().to_string());
+    out.push('\n');
     out.push_str(frame);
     out
+}
+
+/// Wall-clock microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Wraps a `user_joined` frame for `member`.
@@ -87,7 +100,10 @@ pub fn parse(text: &str) -> Option<Envelope<'_>> {
     let mut fields = header.split(' ');
     let kind = fields.next()?;
     match kind {
-        "F" => Some(Envelope::Frame(body)),
+        "F" => Some(Envelope::Frame {
+            frame: body,
+            published_us: fields.next().and_then(|t| t.parse().ok()),
+        }),
         "J" | "L" => {
             let member = fields.next()?;
             let session = SessionId::parse(fields.next()?)?;
@@ -124,10 +140,16 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        assert_eq!(
-            parse(&frame("{\"a\":1}")),
-            Some(Envelope::Frame("{\"a\":1}"))
-        );
+        let stamped = frame("{\"a\":1}");
+        let Some(Envelope::Frame {
+            frame: f,
+            published_us,
+        }) = parse(&stamped)
+        else {
+            panic!("not a frame")
+        };
+        assert_eq!(f, "{\"a\":1}");
+        assert!(published_us.is_some_and(|t| t > 0));
         let s = SessionId::new();
         assert_eq!(
             parse(&kick(s, KickReason::Replaced)),
@@ -156,7 +178,20 @@ mod tests {
 
     #[test]
     fn tolerates_extra_header_fields_and_rejects_garbage() {
-        assert_eq!(parse("F 123 x\n{}"), Some(Envelope::Frame("{}")));
+        assert_eq!(
+            parse("F 123 x\n{}"),
+            Some(Envelope::Frame {
+                frame: "{}",
+                published_us: Some(123)
+            })
+        );
+        assert_eq!(
+            parse("F\n{}"),
+            Some(Envelope::Frame {
+                frame: "{}",
+                published_us: None
+            })
+        );
         assert_eq!(parse("F{}"), None);
         assert_eq!(parse("K nope replaced\n"), None);
         assert_eq!(parse("J bob nope\n{}"), None);

@@ -16,8 +16,10 @@
 //! - [`cluster`]: heartbeat, dead-node cleanup and recovery after Redis restarts.
 //! - [`session`]: one task per WebSocket: join, relay, leave.
 //! - [`http`]: REST, health, readiness and the WebSocket route.
+//! - [`metrics`]: Prometheus metric names and recording helpers.
 //! - [`app`]: shared state, background tasks and the drain on shutdown.
 //! - [`shutdown`]: the signals that stop the node.
+//! - [`stats`]: this node's counters, rates and process figures for `/stats`.
 
 pub mod app;
 pub mod auth;
@@ -28,8 +30,10 @@ pub mod crypto;
 pub mod envelope;
 pub mod http;
 pub mod ids;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;
 pub mod shutdown;
+pub mod stats;
 pub mod telemetry;

@@ -1,8 +1,35 @@
 //! `signal-node`: read the configuration, start logging, bind, serve until SIGTERM.
+//! `signal-node healthcheck` asks a running node on this host whether it is alive
+//! (for container HEALTHCHECKs, where no curl is installed).
 
+use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use signal_node::{app, config::Config, shutdown, telemetry};
+use tracing::Instrument;
+
+/// Exit 0 when `GET /healthz` on this host's `PORT` answers 200. With native TLS
+/// on, a completed TCP connect is the check (the probe speaks no TLS).
+fn healthcheck(config: &Config) -> ExitCode {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return ExitCode::FAILURE;
+    };
+    if config.security.tls.is_some() {
+        return ExitCode::SUCCESS;
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut reply = [0u8; 16];
+    match stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.read(&mut reply))
+    {
+        Ok(n) if reply[..n].starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
@@ -12,6 +39,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck(&config);
+    }
     // One TLS crypto provider for the process: native TLS and rediss:// both use it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = telemetry::init(&config) {
@@ -36,7 +66,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match app::run(listener, config, shutdown::signal()).await {
+        // Every log line of the node carries its id (sessions add theirs).
+        let span = tracing::info_span!("node", node_id = %config.node_id);
+        match app::run(listener, config, shutdown::signal()).instrument(span).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "server failed");

@@ -48,7 +48,13 @@ struct Entry {
 impl Entry {
     fn apply(&mut self, env: Envelope<'_>) -> bool {
         match env {
-            Envelope::Frame(frame) => self.handle.outbox.push(frame.to_owned()),
+            Envelope::Frame {
+                frame,
+                published_us,
+            } => self
+                .handle
+                .outbox
+                .push_stamped(frame.to_owned(), published_us),
             Envelope::Joined {
                 member,
                 session,
@@ -291,12 +297,21 @@ mod tests {
             sid,
             &[(user("carol"), carol)],
         );
-        assert_eq!(inbox.recv().await.as_deref(), Some("J-dave"));
-        assert_eq!(inbox.recv().await.as_deref(), Some("from-dave"));
+        assert_eq!(
+            inbox.recv().await.map(|o| o.text).as_deref(),
+            Some("J-dave")
+        );
+        assert_eq!(
+            inbox.recv().await.map(|o| o.text).as_deref(),
+            Some("from-dave")
+        );
         // A user_left for someone never announced is dropped; for dave it goes through.
         assert!(reg.deliver("bob", &envelope::left("eve", SessionId::new(), "L-eve")));
         assert!(reg.deliver("bob", &envelope::left("dave", dave, "L-dave")));
-        assert_eq!(inbox.recv().await.as_deref(), Some("L-dave"));
+        assert_eq!(
+            inbox.recv().await.map(|o| o.text).as_deref(),
+            Some("L-dave")
+        );
     }
 
     #[tokio::test]
@@ -327,9 +342,12 @@ mod tests {
         let room = RoomId::parse("r").unwrap();
         let truth = [(user("bob"), sid), (user("dave"), dave)];
         assert_eq!(reg.reconcile(&room, &truth), 2);
-        assert_eq!(inbox.recv().await, Some(user_joined_frame(&user("dave"))));
         assert_eq!(
-            inbox.recv().await,
+            inbox.recv().await.map(|o| o.text),
+            Some(user_joined_frame(&user("dave")))
+        );
+        assert_eq!(
+            inbox.recv().await.map(|o| o.text),
             Some(user_left_frame("carol", "r", LeaveReason::Timeout))
         );
         assert_eq!(reg.reconcile(&room, &truth), 0);

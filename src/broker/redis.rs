@@ -211,11 +211,13 @@ impl RedisBroker {
         match &result {
             Ok(_) => {
                 if !self.reachable.swap(true, Ordering::AcqRel) {
+                    crate::metrics::redis_up(true);
                     tracing::info!("redis reachable again");
                 }
             }
             Err(e) => {
                 if self.reachable.swap(false, Ordering::AcqRel) {
+                    crate::metrics::redis_up(false);
                     tracing::error!(error = %e, "redis unreachable: relays answer `unavailable`, joins are refused with 1013");
                 }
             }
@@ -317,10 +319,13 @@ impl RedisBroker {
     /// Runs `invocation` on the relay connection, replacing it when Redis stopped answering.
     async fn relay_call(
         &self,
+        op: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<i64, BrokerError> {
         let (generation, mut conn) = self.relay.get();
+        let started = std::time::Instant::now();
         let result = invocation.invoke_async::<i64>(&mut conn).await;
+        crate::metrics::redis_op(op, started.elapsed());
         if let Err(e) = &result {
             self.relay.failed(generation, e);
         }
@@ -360,7 +365,7 @@ impl RedisBroker {
             .key(self.keys.user_channel(target))
             .arg(target)
             .arg(envelope);
-        let n = self.relay_call(&invocation).await?;
+        let n = self.relay_call("relay", &invocation).await?;
         Ok(match n {
             n if n < 0 => RelayOutcome::NotInRoom,
             0 => RelayOutcome::NotConnected,
@@ -381,7 +386,7 @@ impl RedisBroker {
             .arg(sender.as_str())
             .arg(self.keys.prefix())
             .arg(envelope);
-        let n = self.relay_call(&invocation).await?;
+        let n = self.relay_call("broadcast", &invocation).await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
@@ -528,6 +533,49 @@ impl RedisBroker {
         }
         .await;
         self.note(result)
+    }
+
+    /// The heartbeat values (JSON) of every live node.
+    pub async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.nodes())
+                .query_async(&mut *conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(keys).query_async(&mut *conn).await?;
+            Ok(values)
+        }
+        .await;
+        let values = self.note(result)?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    /// Redis's `used_memory` (INFO memory), in bytes.
+    pub async fn used_memory(&self) -> Result<Option<u64>, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut *conn)
+                .await?;
+            Ok(info)
+        }
+        .await;
+        let info = self.note(result)?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok()))
     }
 
     /// Registered nodes whose heartbeat expired.

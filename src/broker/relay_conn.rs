@@ -55,6 +55,7 @@ impl RelayConn {
         if current.0 == generation {
             tracing::warn!("redis stopped answering on the relay connection; replacing it");
             *current = (generation + 1, fresh);
+            crate::metrics::reconnected("relay");
         }
     }
 }

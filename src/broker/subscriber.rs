@@ -144,6 +144,7 @@ impl Subscriber {
             match connected {
                 Ok(stream) => {
                     if reported_down {
+                        crate::metrics::reconnected("subscriber");
                         tracing::info!(
                             users = self.registry.len(),
                             "redis subscriber reconnected; local users resubscribed"

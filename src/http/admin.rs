@@ -79,7 +79,7 @@ pub(super) fn authorize_membership(
         return Ok(());
     };
     let token = presented.0.as_deref().ok_or(AppError::Unauthorized)?;
-    if auth::is_admin(state.config.security.admin_token.as_deref(), Some(token)) {
+    if auth::secret_matches(state.config.security.admin_token.as_deref(), Some(token)) {
         return Ok(());
     }
     let claims = verifier.verify(token).map_err(|_| AppError::Unauthorized)?;

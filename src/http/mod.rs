@@ -2,6 +2,7 @@
 
 mod admin;
 mod error;
+mod ops;
 mod ws;
 
 use axum::extract::{Path, State};
@@ -33,11 +34,35 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/users/{user_id}", delete(admin::kick_user))
         .route("/users/{user_id}", get(user))
         .route("/tokens", post(admin::create_token))
+        .route("/metrics", get(ops::metrics))
+        .route("/stats", get(ops::stats))
+        .route("/nodes", get(ops::nodes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { AppError::NotFound })
         .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_span,
+        ))
         .with_state(state)
+}
+
+/// Puts each request in a span with the node id, so handler logs carry it in JSON
+/// logs too. The path is logged, never the query string (tokens, passwords).
+async fn request_span(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "http",
+        node_id = %state.config.node_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    next.run(request).instrument(span).await
 }
 
 /// CORS for browser dashboards, from the same `ALLOWED_ORIGINS` as WebSockets.

@@ -188,6 +188,7 @@ async fn serve(
             return reject(socket, refusal.code, refusal.close, refusal.text).await;
         }
     };
+    crate::metrics::joined();
     tracing::info!(
         members = joined.members.len(),
         replaced = joined.replaced.is_some(),
@@ -251,6 +252,7 @@ async fn pump(
     let reader = async {
         while let Some(msg) = stream.next().await {
             let now = Instant::now();
+            state.stats.frame_in();
             last_seen.store(millis_since(started, now), Ordering::Relaxed);
             if matches!(msg, Ok(Message::Text(_) | Message::Binary(_))) {
                 match limiter.check(now) {
@@ -260,6 +262,7 @@ async fn pump(
                             Ok(Message::Text(t)) => echo_fields(t.as_str()),
                             _ => (None, None),
                         };
+                        crate::metrics::error_sent(ErrorCode::RateLimited.as_str());
                         outbox.push(error_frame(
                             ErrorCode::RateLimited,
                             "over the rate limit; the message was dropped",
@@ -300,8 +303,13 @@ async fn pump(
             tokio::select! {
                 frame = inbox.recv() => {
                     let Some(frame) = frame else { return End::ClientGone };
-                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                    if sink.send(Message::Text(frame.text.into())).await.is_err() {
                         return End::ClientGone;
+                    }
+                    state.stats.frame_out();
+                    if let Some(published) = frame.published_us {
+                        let age = crate::envelope::now_us().saturating_sub(published);
+                        crate::metrics::delivered(Duration::from_micros(age));
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -367,6 +375,10 @@ async fn farewell(
     close: u16,
     text: &'static str,
 ) {
+    if let Some(code) = code {
+        crate::metrics::error_sent(code.as_str());
+    }
+    crate::metrics::closed(close);
     let send = async {
         if let Some(code) = code {
             socket
@@ -388,6 +400,8 @@ fn close_message(code: u16, reason: &'static str) -> Message {
 
 /// Refuses an upgraded connection: one `error` frame, then the close code.
 pub async fn reject(mut socket: WebSocket, code: ErrorCode, close: u16, text: &'static str) {
+    crate::metrics::error_sent(code.as_str());
+    crate::metrics::closed(close);
     let send = async {
         socket
             .send(Message::Text(error_frame(code, text, None, None).into()))
@@ -412,7 +426,10 @@ async fn leave(
         reason,
     };
     match state.broker.leave(&request).await {
-        Ok(true) => tracing::info!(reason = reason.as_str(), "left room"),
+        Ok(true) => {
+            crate::metrics::left(reason.as_str());
+            tracing::info!(reason = reason.as_str(), "left room");
+        }
         Ok(false) => tracing::debug!("leave skipped: the user's state belongs to another session"),
         Err(e) => tracing::warn!(error = %e, "leave failed; the keys expire with their TTL"),
     }

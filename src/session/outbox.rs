@@ -31,10 +31,18 @@ pub enum CloseReason {
     NodeExpired,
 }
 
+/// One frame on its way to the socket.
+pub struct Outgoing {
+    /// Final JSON text.
+    pub text: String,
+    /// When a relayed frame was published (Unix microseconds), for delivery latency.
+    pub published_us: Option<u64>,
+}
+
 /// The sending side, cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     shared: Arc<Shared>,
 }
 
@@ -47,7 +55,7 @@ struct Shared {
 
 /// The receiving side, owned by the session's writer.
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 }
 
@@ -75,6 +83,11 @@ impl Outbox {
     /// Queues a frame. Returns false when the session is closing or this frame
     /// overflowed the queue (which starts the close).
     pub fn push(&self, frame: String) -> bool {
+        self.push_stamped(frame, None)
+    }
+
+    /// Queues a relayed frame with the time it was published.
+    pub fn push_stamped(&self, frame: String, published_us: Option<u64>) -> bool {
         if self.shared.closed.is_cancelled() {
             return false;
         }
@@ -85,7 +98,11 @@ impl Outbox {
             self.close(CloseReason::SlowConsumer);
             return false;
         }
-        if self.tx.send(frame).is_err() {
+        let item = Outgoing {
+            text: frame,
+            published_us,
+        };
+        if self.tx.send(item).is_err() {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
@@ -101,10 +118,12 @@ impl Outbox {
 
 impl Inbox {
     /// The next queued frame; cancel-safe.
-    pub async fn recv(&mut self) -> Option<String> {
-        let frame = self.rx.recv().await?;
-        self.shared.queued.fetch_sub(frame.len(), Ordering::AcqRel);
-        Some(frame)
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let item = self.rx.recv().await?;
+        self.shared
+            .queued
+            .fetch_sub(item.text.len(), Ordering::AcqRel);
+        Some(item)
     }
 
     /// A token cancelled once the session has been asked to close.
@@ -145,7 +164,7 @@ mod tests {
         assert!(out.push("12345".into()));
         assert!(!out.push("1".into()));
         assert_eq!(inbox.close_reason(), Some(CloseReason::SlowConsumer));
-        assert_eq!(inbox.recv().await.as_deref(), Some("12345"));
+        assert_eq!(inbox.recv().await.map(|o| o.text).as_deref(), Some("12345"));
     }
 
     #[tokio::test]
@@ -154,7 +173,10 @@ mod tests {
         let (out, mut inbox) = channel(10, &root);
         for _ in 0..5 {
             assert!(out.push("1234567890".into()));
-            assert_eq!(inbox.recv().await.as_deref(), Some("1234567890"));
+            assert_eq!(
+                inbox.recv().await.map(|o| o.text).as_deref(),
+                Some("1234567890")
+            );
         }
         assert_eq!(inbox.close_reason(), None);
     }

@@ -1,9 +1,12 @@
 //! One client text frame: validate, then answer (`pong`, `error`) or relay it.
 //! Every failure becomes an `error` frame to the sender; the connection stays usable.
 
+use std::time::Instant;
+
 use crate::app::AppState;
 use crate::broker::RelayOutcome;
 use crate::ids::{RoomId, UserId};
+use crate::metrics;
 use crate::protocol::{
     error_frame, parse_client_frame_as, pong_frame, relayed_frame, ClientFrame, ErrorCode, Relay,
     Role,
@@ -23,6 +26,10 @@ pub(super) async fn handle_text(
     match parse_client_frame_as(text, role) {
         Err(rejection) => {
             tracing::debug!(code = rejection.code.as_str(), "rejected frame");
+            metrics::error_sent(rejection.code.as_str());
+            if rejection.code == ErrorCode::Forbidden {
+                metrics::relay_failed(rejection.code.as_str());
+            }
             outbox.push(rejection.to_frame());
         }
         Ok(ClientFrame::Ping { payload }) => {
@@ -39,7 +46,12 @@ async fn relay_message(
     outbox: &Outbox,
     msg: Relay<'_>,
 ) {
+    let started = Instant::now();
     let reply_error = |code: ErrorCode, message: &str| {
+        metrics::error_sent(code.as_str());
+        if code != ErrorCode::InvalidTarget {
+            metrics::relay_failed(code.as_str());
+        }
         outbox.push(error_frame(code, message, msg.id, msg.target.as_deref()));
     };
     match msg.target.as_deref() {
@@ -52,7 +64,7 @@ async fn relay_message(
         Some(target) => {
             let frame = relayed_frame(&msg.kind, user, Some(target), msg.payload);
             match state.broker.relay_to_user(room, target, &frame).await {
-                Ok(RelayOutcome::Delivered) => {}
+                Ok(RelayOutcome::Delivered) => metrics::relayed(&msg.kind, true, started.elapsed()),
                 Ok(outcome) => {
                     tracing::warn!(target_user = target, kind = %msg.kind, ?outcome, "relay target not found");
                     reply_error(ErrorCode::TargetNotFound, "the target is not in this room");
@@ -68,7 +80,11 @@ async fn relay_message(
         }
         None => {
             let frame = relayed_frame(&msg.kind, user, None, msg.payload);
-            if let Err(e) = state.broker.relay_to_room(room, user, &frame).await {
+            let result = state.broker.relay_to_room(room, user, &frame).await;
+            if result.is_ok() {
+                metrics::relayed(&msg.kind, false, started.elapsed());
+            }
+            if let Err(e) = result {
                 tracing::warn!(kind = %msg.kind, error = %e, "broadcast failed");
                 reply_error(
                     ErrorCode::Unavailable,

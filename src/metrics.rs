@@ -1,0 +1,145 @@
+//! Prometheus metrics: every name and label in one place, recorded through the
+//! `metrics` facade and rendered by `GET /metrics`. Message types are labels only
+//! for the protocol's known types; app-defined types count as `other`, so a client
+//! cannot grow the label set without bound.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// WebSocket sessions open on this node (gauge).
+pub const CONNECTIONS: &str = "signal_connections";
+/// Rooms with at least one member on this node (gauge).
+pub const ROOMS: &str = "signal_rooms";
+/// Completed joins (counter).
+pub const JOINS: &str = "signal_joins_total";
+/// Leaves by `reason` (counter).
+pub const LEAVES: &str = "signal_leaves_total";
+/// Relayed messages by `type` and `kind` (directed, broadcast) (counter).
+pub const RELAYED: &str = "signal_relayed_messages_total";
+/// Relays that failed, by `code` (target_not_found, unavailable, forbidden) (counter).
+pub const RELAY_ERRORS: &str = "signal_relay_errors_total";
+/// `error` frames sent, by `code` (counter).
+pub const ERRORS: &str = "signal_errors_total";
+/// Close codes sent by the server, by `code` (counter).
+pub const CLOSES: &str = "signal_closes_total";
+/// Frame received from a client until published to Redis (histogram, seconds).
+pub const RELAY_PUBLISH_SECONDS: &str = "signal_relay_publish_seconds";
+/// Published by the sending node until written to the target's socket (histogram,
+/// seconds; across hosts it includes their clock difference).
+pub const RELAY_DELIVERY_SECONDS: &str = "signal_relay_delivery_seconds";
+/// Whether Redis answers (gauge 0/1; 1 in standalone mode).
+pub const REDIS_UP: &str = "signal_redis_up";
+/// Redis command round trips by `op` (histogram, seconds).
+pub const REDIS_SECONDS: &str = "signal_redis_command_seconds";
+/// Redis connections rebuilt, by `connection` (subscriber, relay) (counter).
+pub const RECONNECTS: &str = "signal_redis_reconnects_total";
+/// Dead nodes whose sessions this node evicted (counter).
+pub const NODE_CLEANUPS: &str = "signal_node_cleanups_total";
+/// Whether `/readyz` would answer 200 (gauge 0/1).
+pub const READY: &str = "signal_ready";
+
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Installs the process-wide recorder; `None` if one is installed already (tests).
+pub fn install() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+/// The label for a message type: known types as they are, the rest `other`.
+pub fn type_label(kind: &str) -> &'static str {
+    match kind {
+        "sdp_offer" => "sdp_offer",
+        "sdp_answer" => "sdp_answer",
+        "ice_candidate" => "ice_candidate",
+        "message" => "message",
+        "broadcast" => "broadcast",
+        _ => "other",
+    }
+}
+
+/// A relayed message.
+pub fn relayed(kind: &str, directed: bool, publish: Duration) {
+    let kind_label = if directed { "directed" } else { "broadcast" };
+    counter!(RELAYED, "type" => type_label(kind), "kind" => kind_label).increment(1);
+    histogram!(RELAY_PUBLISH_SECONDS).record(publish.as_secs_f64());
+}
+
+/// A relay that failed with `code`.
+pub fn relay_failed(code: &'static str) {
+    counter!(RELAY_ERRORS, "code" => code).increment(1);
+}
+
+/// An `error` frame sent.
+pub fn error_sent(code: &'static str) {
+    counter!(ERRORS, "code" => code).increment(1);
+}
+
+/// A close code sent.
+pub fn closed(code: u16) {
+    counter!(CLOSES, "code" => code.to_string()).increment(1);
+}
+
+/// A frame written to its target's socket, `age` after it was published.
+pub fn delivered(age: Duration) {
+    histogram!(RELAY_DELIVERY_SECONDS).record(age.as_secs_f64());
+}
+
+/// A session opened (+1) or closed (-1).
+pub fn connection(delta: f64) {
+    gauge!(CONNECTIONS).increment(delta);
+}
+
+/// A completed join.
+pub fn joined() {
+    counter!(JOINS).increment(1);
+}
+
+/// A leave, by reason.
+pub fn left(reason: &'static str) {
+    counter!(LEAVES, "reason" => reason).increment(1);
+}
+
+/// A Redis round trip for `op`.
+pub fn redis_op(op: &'static str, took: Duration) {
+    histogram!(REDIS_SECONDS, "op" => op).record(took.as_secs_f64());
+}
+
+/// Redis reachability changed.
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A Redis connection was rebuilt.
+pub fn reconnected(connection: &'static str) {
+    counter!(RECONNECTS, "connection" => connection).increment(1);
+}
+
+/// A dead node was cleaned up by this node.
+pub fn node_cleaned() {
+    counter!(NODE_CLEANUPS).increment(1);
+}
+
+/// Rooms with local members, and readiness, sampled by the upkeep.
+pub fn sample(rooms: usize, ready: bool) {
+    gauge!(ROOMS).set(rooms as f64);
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_types_do_not_become_labels() {
+        assert_eq!(type_label("ice_candidate"), "ice_candidate");
+        assert_eq!(type_label("file_offer_v2"), "other");
+    }
+}
