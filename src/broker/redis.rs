@@ -246,6 +246,7 @@ impl RedisBroker {
             req.session,
             &user_joined_frame(&req.user_object()),
         ));
+        let started = std::time::Instant::now();
         let result = async {
             let mut conn = self.conn().await?;
             let reply: Vec<String> = self
@@ -271,6 +272,7 @@ impl RedisBroker {
             Ok(reply)
         }
         .await;
+        crate::metrics::redis_op("join", started.elapsed());
         let reply = self.note(result)?;
         let (replaced, members) = reply
             .split_first()
@@ -293,6 +295,7 @@ impl RedisBroker {
         session: &str,
         reason: LeaveReason,
     ) -> Result<bool, BrokerError> {
+        let started = std::time::Instant::now();
         let result = async {
             let mut conn = self.conn().await?;
             let removed: i64 = self
@@ -308,6 +311,7 @@ impl RedisBroker {
             Ok(removed == 1)
         }
         .await;
+        crate::metrics::redis_op("leave", started.elapsed());
         self.note(result)
     }
 

@@ -380,16 +380,21 @@ impl TestNode {
 
     /// Polls `GET /readyz` until 200; errors if the process exits or time runs out.
     pub async fn wait_ready(&self) -> Result<(), String> {
+        self.wait_for_200("/readyz", "ready").await
+    }
+
+    /// Polls `GET path` until it answers 200, or the node exits, or READY_TIMEOUT passes.
+    async fn wait_for_200(&self, path: &str, what: &str) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let client = http_client();
         loop {
             if let Some(status) = self.try_exit_status() {
                 return Err(format!(
-                    "node {} exited before ready: {status}",
+                    "node {} exited before {what}: {status}",
                     self.node_id
                 ));
             }
-            let url = format!("{}/readyz", self.http_url());
+            let url = format!("{}{path}", self.http_url());
             if let Ok(resp) = client.get(&url).send().await {
                 if resp.status().as_u16() == 200 {
                     return Ok(());
@@ -397,7 +402,7 @@ impl TestNode {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "node {} not ready within {READY_TIMEOUT:?}",
+                    "node {} not {what} within {READY_TIMEOUT:?}",
                     self.node_id
                 ));
             }
@@ -1543,29 +1548,7 @@ impl TestNode {
 
     /// Polls `GET /healthz` until 200 (for nodes that are expected not to become ready).
     pub async fn wait_healthy(&self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let client = http_client();
-        loop {
-            if let Some(status) = self.try_exit_status() {
-                return Err(format!(
-                    "node {} exited before healthy: {status}",
-                    self.node_id
-                ));
-            }
-            let url = format!("{}/healthz", self.http_url());
-            if let Ok(resp) = client.get(&url).send().await {
-                if resp.status().as_u16() == 200 {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "node {} not healthy within {READY_TIMEOUT:?}",
-                    self.node_id
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.wait_for_200("/healthz", "healthy").await
     }
 
     /// The node's exit status, if it has exited.
