@@ -180,19 +180,18 @@ impl RedisBroker {
             .as_ref()
             .map_or_else(|| "none".to_owned(), |c| c.key_check());
         let key = self.keys.payload_key_check();
-        let result = async {
-            let mut conn = self.conn().await?;
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&mine)
-                .arg("NX")
-                .query_async::<Option<String>>(&mut *conn)
-                .await?;
-            let stored: String = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
-            Ok(stored)
-        }
-        .await;
-        let stored = self.note(result)?;
+        let stored = self
+            .pooled(async |conn| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&mine)
+                    .arg("NX")
+                    .query_async::<Option<String>>(&mut *conn)
+                    .await?;
+                let stored: String = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
+                Ok(stored)
+            })
+            .await?;
         let ok = match &self.cipher {
             Some(c) => c.matches_key_check(&stored),
             None => stored == "none",
@@ -225,7 +224,22 @@ impl RedisBroker {
         result
     }
 
-    pub(super) async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
+    /// Runs `op` on a pooled connection and records whether Redis answered, so
+    /// every control-plane command shares one checkout, error mapping and
+    /// reachability log.
+    pub(super) async fn pooled<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            op(&mut conn).await
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
         self.pool
             .get()
             .await
@@ -247,33 +261,33 @@ impl RedisBroker {
             &user_joined_frame(&req.user_object()),
         ));
         let started = std::time::Instant::now();
-        let result = async {
-            let mut conn = self.conn().await?;
-            let reply: Vec<String> = self
-                .scripts
-                .join
-                .key(self.keys.room(req.room.as_str()))
-                .key(self.keys.user(req.user.as_str()))
-                .key(self.keys.node_sessions(self.node_id.as_str()))
-                .key(self.keys.rooms())
-                .key(self.keys.room_meta(req.room.as_str()))
-                .arg(req.user.as_str())
-                .arg(req.room.as_str())
-                .arg(req.session.to_string())
-                .arg(self.node_id.as_str())
-                .arg(&req.joined_at)
-                .arg(req.role.as_str())
-                .arg(self.ttl_secs)
-                .arg(self.keys.prefix())
-                .arg(joined)
-                .arg(req.max_users.unwrap_or(0))
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(reply)
-        }
-        .await;
+        let result = self
+            .pooled(async |conn| {
+                let reply: Vec<String> = self
+                    .scripts
+                    .join
+                    .key(self.keys.room(req.room.as_str()))
+                    .key(self.keys.user(req.user.as_str()))
+                    .key(self.keys.node_sessions(self.node_id.as_str()))
+                    .key(self.keys.rooms())
+                    .key(self.keys.room_meta(req.room.as_str()))
+                    .arg(req.user.as_str())
+                    .arg(req.room.as_str())
+                    .arg(req.session.to_string())
+                    .arg(self.node_id.as_str())
+                    .arg(&req.joined_at)
+                    .arg(req.role.as_str())
+                    .arg(self.ttl_secs)
+                    .arg(self.keys.prefix())
+                    .arg(joined)
+                    .arg(req.max_users.unwrap_or(0))
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(reply)
+            })
+            .await;
         crate::metrics::redis_op("join", started.elapsed());
-        let reply = self.note(result)?;
+        let reply = result?;
         let (replaced, members) = reply
             .split_first()
             .ok_or_else(|| BrokerError::Reply("empty join reply".into()))?;
@@ -296,23 +310,23 @@ impl RedisBroker {
         reason: LeaveReason,
     ) -> Result<bool, BrokerError> {
         let started = std::time::Instant::now();
-        let result = async {
-            let mut conn = self.conn().await?;
-            let removed: i64 = self
-                .scripts
-                .leave
-                .key(self.keys.user(user))
-                .arg(user)
-                .arg(session)
-                .arg(self.keys.prefix())
-                .arg(reason.as_str())
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(removed == 1)
-        }
-        .await;
+        let result = self
+            .pooled(async |conn| {
+                let removed: i64 = self
+                    .scripts
+                    .leave
+                    .key(self.keys.user(user))
+                    .arg(user)
+                    .arg(session)
+                    .arg(self.keys.prefix())
+                    .arg(reason.as_str())
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(removed == 1)
+            })
+            .await;
         crate::metrics::redis_op("leave", started.elapsed());
-        self.note(result)
+        result
     }
 
     pub(super) async fn leave(&self, req: &LeaveRequest) -> Result<bool, BrokerError> {
@@ -395,36 +409,35 @@ impl RedisBroker {
     }
 
     pub(super) async fn room_members(&self, room: &RoomId) -> Result<Vec<Member>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let reply: Vec<String> = self
-                .scripts
-                .room_users
-                .key(self.keys.room(room.as_str()))
-                .arg(self.keys.prefix())
-                .arg(room.as_str())
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(reply)
-        }
-        .await;
-        let mut members = members_from_quads(&self.note(result)?, room)?;
+        let result = self
+            .pooled(async |conn| {
+                let reply: Vec<String> = self
+                    .scripts
+                    .room_users
+                    .key(self.keys.room(room.as_str()))
+                    .arg(self.keys.prefix())
+                    .arg(room.as_str())
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(reply)
+            })
+            .await;
+        let mut members = members_from_quads(&result?, room)?;
         sort_members(&mut members);
         Ok(members)
     }
 
     pub(super) async fn user(&self, user: &UserId) -> Result<Option<UserInfo>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let fields: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.user(user.as_str()))
-                .arg(&["room_id", "joined_at", "role", "node_id"])
-                .query_async(&mut *conn)
-                .await?;
-            Ok(fields)
-        }
-        .await;
-        let fields = self.note(result)?;
+        let fields = self
+            .pooled(async |conn| {
+                let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(self.keys.user(user.as_str()))
+                    .arg(&["room_id", "joined_at", "role", "node_id"])
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(fields)
+            })
+            .await?;
         let [Some(room_id), joined_at, role, node_id] = <[Option<String>; 4]>::try_from(fields)
             .map_err(|_| BrokerError::Reply("HMGET returned the wrong arity".into()))?
         else {
@@ -465,13 +478,11 @@ impl RedisBroker {
                 .arg(self.ttl_secs)
                 .ignore();
         }
-        let result = async {
-            let mut conn = self.conn().await?;
+        self.pooled(async |conn| {
             pipe.query_async::<()>(&mut *conn).await?;
             Ok(())
-        }
-        .await;
-        self.note(result)
+        })
+        .await
     }
 
     pub(super) async fn ready(&self) -> bool {
@@ -499,8 +510,7 @@ impl RedisBroker {
     /// a survivor had declared this node dead and evicted its sessions meanwhile.
     pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BrokerError> {
         let me = self.node_id.as_str();
-        let result = async {
-            let mut conn = self.conn().await?;
+        self.pooled(async |conn| {
             let dead: i64 = self
                 .scripts
                 .heartbeat
@@ -515,16 +525,14 @@ impl RedisBroker {
                 .invoke_async(&mut *conn)
                 .await?;
             Ok(dead == 1)
-        }
-        .await;
-        self.note(result)
+        })
+        .await
     }
 
     /// Removes this node from the registry at a clean shutdown.
     pub async fn deregister(&self) -> Result<(), BrokerError> {
         let me = self.node_id.as_str();
-        let result = async {
-            let mut conn = self.conn().await?;
+        self.pooled(async |conn| {
             redis::pipe()
                 .atomic()
                 .del(self.keys.node(me))
@@ -534,29 +542,27 @@ impl RedisBroker {
                 .query_async::<()>(&mut *conn)
                 .await?;
             Ok(())
-        }
-        .await;
-        self.note(result)
+        })
+        .await
     }
 
     /// The heartbeat values (JSON) of every live node.
     pub async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let ids: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(self.keys.nodes())
-                .query_async(&mut *conn)
-                .await?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(keys).query_async(&mut *conn).await?;
-            Ok(values)
-        }
-        .await;
-        let values = self.note(result)?;
+        let values = self
+            .pooled(async |conn| {
+                let ids: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(self.keys.nodes())
+                    .query_async(&mut *conn)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(keys).query_async(&mut *conn).await?;
+                Ok(values)
+            })
+            .await?;
         Ok(values
             .into_iter()
             .flatten()
@@ -566,16 +572,15 @@ impl RedisBroker {
 
     /// Redis's `used_memory` (INFO memory), in bytes.
     pub async fn used_memory(&self) -> Result<Option<u64>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let info: String = redis::cmd("INFO")
-                .arg("memory")
-                .query_async(&mut *conn)
-                .await?;
-            Ok(info)
-        }
-        .await;
-        let info = self.note(result)?;
+        let info = self
+            .pooled(async |conn| {
+                let info: String = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(info)
+            })
+            .await?;
         Ok(info
             .lines()
             .find_map(|l| l.strip_prefix("used_memory:"))
@@ -584,8 +589,7 @@ impl RedisBroker {
 
     /// Registered nodes whose heartbeat expired.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
+        self.pooled(async |conn| {
             let dead: Vec<String> = self
                 .scripts
                 .dead_nodes
@@ -595,47 +599,44 @@ impl RedisBroker {
                 .invoke_async(&mut *conn)
                 .await?;
             Ok(dead)
-        }
-        .await;
-        self.note(result)
+        })
+        .await
     }
 
     /// Claims a dead node and evicts its sessions (`user_left`, `timeout`). Returns
     /// how many were evicted; zero when another survivor claimed it first.
     pub async fn clean_dead_node(&self, node: &str) -> Result<usize, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let flat: Vec<String> = self
-                .scripts
-                .claim_dead
-                .key(self.keys.node(node))
-                .key(self.keys.node_sessions(node))
-                .key(self.keys.node_dead(node))
-                .key(self.keys.nodes())
-                .arg(node)
-                .arg(DEAD_MARKER_SECS)
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(flat)
-        }
-        .await;
-        let flat = self.note(result)?;
+        let flat = self
+            .pooled(async |conn| {
+                let flat: Vec<String> = self
+                    .scripts
+                    .claim_dead
+                    .key(self.keys.node(node))
+                    .key(self.keys.node_sessions(node))
+                    .key(self.keys.node_dead(node))
+                    .key(self.keys.nodes())
+                    .arg(node)
+                    .arg(DEAD_MARKER_SECS)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(flat)
+            })
+            .await?;
         self.evict_pairs(&flat).await
     }
 
     /// Evicts sessions a previous run of this node left registered (it was killed
     /// and restarted before anyone cleaned up), sparing the live local ones.
     pub async fn clean_previous_run(&self, registry: &Registry) -> Result<usize, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let flat: Vec<String> = redis::cmd("HGETALL")
-                .arg(self.keys.node_sessions(self.node_id.as_str()))
-                .query_async(&mut *conn)
-                .await?;
-            Ok(flat)
-        }
-        .await;
-        let flat = self.note(result)?;
+        let flat = self
+            .pooled(async |conn| {
+                let flat: Vec<String> = redis::cmd("HGETALL")
+                    .arg(self.keys.node_sessions(self.node_id.as_str()))
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(flat)
+            })
+            .await?;
         let live: std::collections::HashSet<String> = registry
             .snapshot()
             .into_iter()
@@ -667,8 +668,7 @@ impl RedisBroker {
         user: &UserId,
         handle: &SessionHandle,
     ) -> Result<bool, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
+        self.pooled(async |conn| {
             let restored: i64 = self
                 .scripts
                 .restore
@@ -685,9 +685,8 @@ impl RedisBroker {
                 .invoke_async(&mut *conn)
                 .await?;
             Ok(restored == 1)
-        }
-        .await;
-        self.note(result)
+        })
+        .await
     }
 }
 

@@ -9,23 +9,22 @@ use crate::protocol::LeaveReason;
 
 impl RedisBroker {
     pub(super) async fn room_meta(&self, room: &RoomId) -> Result<Option<RoomMeta>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let fields: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.room_meta(room.as_str()))
-                .arg(&[
-                    "created_at",
-                    "password_hash",
-                    "max_users",
-                    "moderated",
-                    "hosts",
-                ])
-                .query_async(&mut *conn)
-                .await?;
-            Ok(fields)
-        }
-        .await;
-        let fields = self.note(result)?;
+        let fields = self
+            .pooled(async |conn| {
+                let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(self.keys.room_meta(room.as_str()))
+                    .arg(&[
+                        "created_at",
+                        "password_hash",
+                        "max_users",
+                        "moderated",
+                        "hosts",
+                    ])
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(fields)
+            })
+            .await?;
         let [Some(created_at), password_hash, max_users, moderated, hosts] =
             <[Option<String>; 5]>::try_from(fields)
                 .map_err(|_| BrokerError::Reply("HMGET returned the wrong arity".into()))?
@@ -48,16 +47,15 @@ impl RedisBroker {
 
     pub(super) async fn room_info(&self, room: &RoomId) -> Result<Option<RoomInfo>, BrokerError> {
         let meta = self.room_meta(room).await?;
-        let result = async {
-            let mut conn = self.conn().await?;
-            let count: usize = redis::cmd("SCARD")
-                .arg(self.keys.room(room.as_str()))
-                .query_async(&mut *conn)
-                .await?;
-            Ok(count)
-        }
-        .await;
-        let count = self.note(result)?;
+        let count = self
+            .pooled(async |conn| {
+                let count: usize = redis::cmd("SCARD")
+                    .arg(self.keys.room(room.as_str()))
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(count)
+            })
+            .await?;
         Ok((count > 0 || meta.is_some()).then_some(RoomInfo { count, meta }))
     }
 
@@ -66,8 +64,7 @@ impl RedisBroker {
         room: &RoomId,
         meta: &RoomMeta,
     ) -> Result<bool, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
+        self.pooled(async |conn| {
             let created: i64 = self
                 .scripts
                 .create_room
@@ -84,43 +81,40 @@ impl RedisBroker {
                 .invoke_async(&mut *conn)
                 .await?;
             Ok(created == 1)
-        }
-        .await;
-        self.note(result)
+        })
+        .await
     }
 
     pub(super) async fn close_room(&self, room: &RoomId) -> Result<Option<usize>, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let kicked: i64 = self
-                .scripts
-                .close_room
-                .key(self.keys.room(room.as_str()))
-                .key(self.keys.room_meta(room.as_str()))
-                .key(self.keys.rooms())
-                .arg(room.as_str())
-                .arg(self.keys.prefix())
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(kicked)
-        }
-        .await;
-        let kicked = self.note(result)?;
+        let kicked = self
+            .pooled(async |conn| {
+                let kicked: i64 = self
+                    .scripts
+                    .close_room
+                    .key(self.keys.room(room.as_str()))
+                    .key(self.keys.room_meta(room.as_str()))
+                    .key(self.keys.rooms())
+                    .arg(room.as_str())
+                    .arg(self.keys.prefix())
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(kicked)
+            })
+            .await?;
         Ok(usize::try_from(kicked).ok())
     }
 
     pub(super) async fn kick(&self, room: &RoomId, user: &UserId) -> Result<bool, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let fields: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.user(user.as_str()))
-                .arg(&["room_id", "session_id"])
-                .query_async(&mut *conn)
-                .await?;
-            Ok(fields)
-        }
-        .await;
-        let fields = self.note(result)?;
+        let fields = self
+            .pooled(async |conn| {
+                let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(self.keys.user(user.as_str()))
+                    .arg(&["room_id", "session_id"])
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(fields)
+            })
+            .await?;
         let session = match fields.as_slice() {
             [Some(r), Some(s)] if r == room.as_str() => s.clone(),
             _ => return Ok(false),
@@ -136,17 +130,15 @@ impl RedisBroker {
         }
         if let Some(session) = SessionId::parse(&session) {
             let kick = envelope::kick(session, KickReason::Kicked);
-            let result = async {
-                let mut conn = self.conn().await?;
+            self.pooled(async |conn| {
                 redis::cmd("PUBLISH")
                     .arg(self.keys.user_channel(user.as_str()))
                     .arg(kick)
                     .query_async::<i64>(&mut *conn)
                     .await?;
                 Ok(())
-            }
-            .await;
-            self.note(result)?;
+            })
+            .await?;
         }
         Ok(true)
     }
@@ -156,21 +148,20 @@ impl RedisBroker {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<RoomPage, BrokerError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            let flat: Vec<String> = self
-                .scripts
-                .list_rooms
-                .key(self.keys.rooms())
-                .arg(self.keys.prefix())
-                .arg(cursor.unwrap_or(""))
-                .arg(limit)
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(flat)
-        }
-        .await;
-        let flat = self.note(result)?;
+        let flat = self
+            .pooled(async |conn| {
+                let flat: Vec<String> = self
+                    .scripts
+                    .list_rooms
+                    .key(self.keys.rooms())
+                    .arg(self.keys.prefix())
+                    .arg(cursor.unwrap_or(""))
+                    .arg(limit)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(flat)
+            })
+            .await?;
         let (next, rest) = flat
             .split_first()
             .ok_or_else(|| BrokerError::Reply("empty room page".into()))?;

@@ -515,16 +515,8 @@ impl TestNode {
     /// Waits (bounded poll) until the log contains `needle`, case-insensitively.
     pub async fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
         let needle = needle.to_lowercase();
-        let deadline = Instant::now() + within;
-        loop {
-            if self.log().to_lowercase().contains(&needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.wait_for_log_line(|line| line.to_lowercase().contains(&needle), within)
+            .await
     }
 }
 
