@@ -18,6 +18,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::session::password_gate::PasswordGate;
 use crate::stats::Stats;
 
 /// How long sessions get to say goodbye and clean Redis after a shutdown signal;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// Renders `/metrics`; `None` when another recorder owns the process (tests).
     pub metrics: Option<PrometheusHandle>,
+    /// Bounds the argon2 room-password checks running at once.
+    pub passwords: Arc<PasswordGate>,
 }
 
 /// One admitted WebSocket; the slot is given back when the session ends.
@@ -91,6 +94,7 @@ impl AppState {
             verifier,
             stats: Arc::new(Stats::default()),
             metrics: crate::metrics::install(),
+            passwords: Arc::new(PasswordGate::per_core()),
         })
     }
 

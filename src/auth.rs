@@ -165,15 +165,57 @@ pub fn hash_password(password: &str) -> Option<String> {
         .map(|h| h.to_string())
 }
 
-/// Whether `password` matches a stored hash (constant time inside argon2). Slow:
-/// call it off the async threads.
+/// Whether `password` matches a stored hash. Slow: call it off the async threads.
+/// Allocates the 19 MiB that one check needs; [`verify_password_in`] reuses them.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
+    let mut blocks = password_memory();
+    verify_password_in(password, hash, &mut blocks)
+}
+
+/// The working memory of one password check (`argon2::Params::DEFAULT`: 19 MiB).
+pub fn password_memory() -> Vec<argon2::Block> {
+    vec![argon2::Block::default(); argon2::Params::DEFAULT.block_count()]
+}
+
+/// Whether `password` matches a stored hash, computed in `blocks` (from
+/// [`password_memory`]) and compared in constant time. Only hashes made with this
+/// node's own fixed cost (argon2id v19, 19 MiB, 2 passes, 1 lane, 32-byte output:
+/// `argon2::Params::DEFAULT`) are checked, so a hash planted in Redis cannot make
+/// one check cost gigabytes; and since the memory is the caller's, checks never
+/// grow the allocator's per-thread arenas.
+pub fn verify_password_in(password: &str, hash: &str, blocks: &mut [argon2::Block]) -> bool {
+    use argon2::password_hash::PasswordHash;
+    use subtle::ConstantTimeEq;
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let fixed = argon2::Params::DEFAULT;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let same_cost = parsed.algorithm == argon2::ARGON2ID_IDENT
+        && parsed.version.is_none_or(|v| v == 0x13)
+        && expected.len() == argon2::Params::DEFAULT_OUTPUT_LEN
+        && argon2::Params::try_from(&parsed).is_ok_and(|p| {
+            (p.m_cost(), p.t_cost(), p.p_cost()) == (fixed.m_cost(), fixed.t_cost(), fixed.p_cost())
+        });
+    if !same_cost {
+        tracing::error!("room password hash has another cost than this node's; refusing it");
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, fixed);
+    let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
+        .is_err()
+    {
+        return false;
+    }
+    out.ct_eq(expected.as_bytes()).into()
 }
 
 /// Why an admin request was refused (PROTOCOL.md section 8).
@@ -323,6 +365,10 @@ mod tests {
         assert!(verify_password("hunter2", &hash));
         assert!(!verify_password("hunter3", &hash));
         assert!(!verify_password("hunter2", "not a hash"));
+        // Another cost (here 64 MiB) is refused without running it.
+        let costly = hash.replace("m=19456", "m=65536");
+        assert_ne!(costly, hash);
+        assert!(!verify_password("hunter2", &costly));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | `MAX_QUEUE_BYTES` | `1048576` | bound of one connection's outbound queue; overflow closes with 4413 |
 //! | `PING_INTERVAL_SECONDS` | `20` | server ping period (decimals allowed); silence for two periods closes with 4408 |
 //! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | `50`, `200` | per-connection token bucket; `0` per second turns it off |
+//! | `RATE_LIMIT_BYTES_PER_SECOND`, `RATE_LIMIT_BYTES_BURST` | `262144`, `524288` | per-connection byte bucket beside it; `0` per second turns it off |
 //! | `MAX_CONNECTIONS` | `10000` | WebSocket sessions per node; past it new ones close with 1013 |
 //! | `ALERT_CONNECTION_SPIKE` | `1000` | WARN when connections rise by more than this within a minute |
 //! | `AUTH_MODE` | `none` | `jwt` requires a token on every WebSocket |
@@ -97,6 +98,10 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Token refill rate per connection; `None` turns rate limiting off.
     pub rate_limit: Option<RateLimit>,
+    /// Bytes of client frames per connection (tokens are bytes); `None` turns it
+    /// off. With the burst under `MAX_QUEUE_BYTES`, one sender cannot overflow the
+    /// queue of a member that reads at all.
+    pub byte_rate_limit: Option<RateLimit>,
     /// Sessions this node accepts at once.
     pub max_connections: usize,
     /// Tokens, admin, TLS, origins, payload encryption.
@@ -188,11 +193,16 @@ impl Config {
         let redis = redis_target(&get)?;
 
         let key_prefix = var("KEY_PREFIX").unwrap_or_else(|| "signal:".to_owned());
-        if key_prefix.len() > 128 || key_prefix.chars().any(|c| c.is_whitespace()) {
+        // Braces would break the hash tags that keep prefixes apart (broker/keys.rs).
+        if key_prefix.len() > 128
+            || key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
             return Err(invalid(
                 "KEY_PREFIX",
                 &key_prefix,
-                "at most 128 characters, no white space",
+                "at most 128 characters, no white space, no '{' or '}'",
             ));
         }
 
@@ -265,6 +275,7 @@ impl Config {
                 burst: f64::from(b),
             }),
         };
+        let byte_rate_limit = byte_rate_limit(&get, max_message_bytes)?;
         let max_connections = parse_num::<usize>(&get, "MAX_CONNECTIONS", 10_000)?;
         if max_connections == 0 {
             return Err(invalid("MAX_CONNECTIONS", "0", "must be at least 1"));
@@ -286,6 +297,7 @@ impl Config {
             max_queue_bytes,
             ping_interval: Duration::from_secs_f64(ping),
             rate_limit,
+            byte_rate_limit,
             max_connections,
             security,
             alert_connection_spike,
@@ -393,6 +405,30 @@ fn invalid(var: &'static str, value: &str, reason: &str) -> ConfigError {
         value: value.to_owned(),
         reason: reason.to_owned(),
     }
+}
+
+/// `RATE_LIMIT_BYTES_PER_SECOND` and `RATE_LIMIT_BYTES_BURST`. The burst must
+/// admit the largest frame, or a frame of `MAX_MESSAGE_BYTES` could never pass.
+fn byte_rate_limit(
+    get: &impl Fn(&str) -> Option<String>,
+    max_message_bytes: usize,
+) -> Result<Option<RateLimit>, ConfigError> {
+    let per_second = parse_num::<u32>(get, "RATE_LIMIT_BYTES_PER_SECOND", 256 * 1024)?;
+    let burst = parse_num::<u32>(get, "RATE_LIMIT_BYTES_BURST", 512 * 1024)?;
+    if per_second == 0 {
+        return Ok(None);
+    }
+    if (burst as usize) < max_message_bytes {
+        return Err(invalid(
+            "RATE_LIMIT_BYTES_BURST",
+            &burst.to_string(),
+            "must be at least MAX_MESSAGE_BYTES while RATE_LIMIT_BYTES_PER_SECOND is set",
+        ));
+    }
+    Ok(Some(RateLimit {
+        per_second: f64::from(per_second),
+        burst: f64::from(burst),
+    }))
 }
 
 fn parse_num<T: std::str::FromStr>(

@@ -36,7 +36,7 @@ impl KickReason {
 }
 
 /// A decoded envelope, borrowing from the published text.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Envelope<'a> {
     /// A finished frame for the user's current session, and when it was published.
     Frame {

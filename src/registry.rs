@@ -10,6 +10,13 @@
 //! While a session is joining, deliveries wait in a pending list: once the join
 //! snapshot (`room_users`) is known they are replayed through the view, so nothing
 //! overtakes `room_users` and no event older than the snapshot is shown twice.
+//!
+//! A user may have several local sessions for a moment (a reconnect racing its
+//! old connection, or a second connection that the room will refuse). None of them
+//! closes another here: only Redis's order of joins decides who owns the user, and
+//! the join that wins tells the one it displaced to close (a `K` envelope aimed at
+//! that session id). So a refused connection never touches the live one, and the
+//! session Redis names as the owner is never the one closed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -86,10 +93,10 @@ impl Entry {
     }
 }
 
-/// Local sessions by user id.
+/// Local sessions by user id, oldest first (almost always one per user).
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<UserId, Entry>>,
+    sessions: Mutex<HashMap<UserId, Vec<Entry>>>,
 }
 
 impl Registry {
@@ -98,28 +105,31 @@ impl Registry {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Vec<Entry>>> {
         // Every operation leaves the map consistent before anything can panic, so
         // poisoning carries no broken invariant and is ignored.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes `handle` the user's local session, joining (deliveries held). Returns
-    /// the session it displaced, which the caller must close as replaced.
-    pub fn insert(&self, user: UserId, handle: SessionHandle) -> Option<SessionHandle> {
+    /// Adds a joining session for the user (deliveries held until [`Self::activate`]).
+    /// Other local sessions of the user stay as they are: the join decides.
+    pub fn insert(&self, user: UserId, handle: SessionHandle) {
         let entry = Entry {
             handle,
             view: HashMap::new(),
             pending: Some(Vec::new()),
         };
-        self.lock().insert(user, entry).map(|e| e.handle)
+        self.lock().entry(user).or_default().push(entry);
     }
 
     /// Applies the join snapshot (`members`, newcomer excluded) and releases the
     /// deliveries held meanwhile, in order, through the view.
     pub fn activate(&self, user: &UserId, session: SessionId, members: &[(User, SessionId)]) {
         let mut map = self.lock();
-        let Some(entry) = map.get_mut(user).filter(|e| e.handle.session_id == session) else {
+        let Some(entry) = map
+            .get_mut(user)
+            .and_then(|entries| entries.iter_mut().find(|e| e.handle.session_id == session))
+        else {
             return;
         };
         entry.view = members
@@ -137,13 +147,19 @@ impl Registry {
     /// user has no local session left (its channel can be dropped).
     pub fn remove(&self, user: &UserId, session: SessionId) -> bool {
         let mut map = self.lock();
-        match map.get(user) {
-            Some(e) if e.handle.session_id == session => {
-                map.remove(user);
-                true
-            }
-            _ => false,
+        let Some(entries) = map.get_mut(user) else {
+            return false;
+        };
+        let before = entries.len();
+        entries.retain(|e| e.handle.session_id != session);
+        if entries.len() == before {
+            return false;
         }
+        if entries.is_empty() {
+            map.remove(user);
+            return true;
+        }
+        false
     }
 
     /// Whether the user has a session on this node.
@@ -153,7 +169,7 @@ impl Registry {
 
     /// Number of local sessions.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     /// Whether no session is local.
@@ -161,12 +177,19 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Every local user with its session handle, for TTL refresh, resubscription
-    /// and re-registration.
+    /// Every local user with its current session (the newest that joined, else
+    /// the newest still joining), for TTL refresh, resubscription and re-registration.
     pub fn snapshot(&self) -> Vec<(UserId, SessionHandle)> {
         self.lock()
             .iter()
-            .map(|(u, e)| (u.clone(), e.handle.clone()))
+            .filter_map(|(u, entries)| {
+                let current = entries
+                    .iter()
+                    .rev()
+                    .find(|e| e.pending.is_none())
+                    .or_else(|| entries.last())?;
+                Some((u.clone(), current.handle.clone()))
+            })
             .collect()
     }
 
@@ -175,6 +198,7 @@ impl Registry {
         let rooms: HashSet<RoomId> = self
             .lock()
             .values()
+            .flatten()
             .map(|e| e.handle.room_id.clone())
             .collect();
         rooms.into_iter().collect()
@@ -182,7 +206,7 @@ impl Registry {
 
     /// Closes every local session for `reason`.
     pub fn close_all(&self, reason: CloseReason) {
-        for entry in self.lock().values() {
+        for entry in self.lock().values().flatten() {
             entry.handle.outbox.close(reason);
         }
     }
@@ -196,21 +220,28 @@ impl Registry {
             return false;
         };
         let mut map = self.lock();
-        let Some(entry) = map.get_mut(user) else {
+        let Some(entries) = map.get_mut(user) else {
             return false;
         };
-        match (&mut entry.pending, env) {
-            (_, env @ Envelope::Kick { .. }) => entry.apply(env),
-            (Some(pending), _) => {
-                if pending.len() >= MAX_PENDING {
-                    entry.handle.outbox.close(CloseReason::SlowConsumer);
-                    return false;
-                }
-                pending.push(text.to_owned());
-                true
-            }
-            (None, env) => entry.apply(env),
+        if let Envelope::Kick { .. } = env {
+            // Aimed at one session id: only that session may close.
+            return entries.iter_mut().any(|entry| entry.apply(env));
         }
+        let mut taken = false;
+        for entry in entries.iter_mut() {
+            taken |= match &mut entry.pending {
+                Some(pending) if pending.len() >= MAX_PENDING => {
+                    entry.handle.outbox.close(CloseReason::SlowConsumer);
+                    false
+                }
+                Some(pending) => {
+                    pending.push(text.to_owned());
+                    true
+                }
+                None => entry.apply(env),
+            };
+        }
+        taken
     }
 
     /// Brings the view of every local session in `room` in line with `truth` (the
@@ -219,7 +250,10 @@ impl Registry {
     pub fn reconcile(&self, room: &RoomId, truth: &[(User, SessionId)]) -> usize {
         let mut sent = 0;
         let mut map = self.lock();
-        for (user, entry) in map.iter_mut() {
+        for (user, entry) in map
+            .iter_mut()
+            .flat_map(|(user, entries)| entries.iter_mut().map(move |e| (user, e)))
+        {
             if entry.handle.room_id != *room || entry.pending.is_some() {
                 continue;
             }

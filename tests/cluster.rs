@@ -404,11 +404,11 @@ async fn key_prefixes_isolate_clusters_on_one_redis() {
         );
     }
     assert_eq!(
-        redis.smembers(&format!("{prefix_a}room:{room}")),
+        redis.smembers(&format!("{prefix_a}room:{{{room}}}")),
         set(&["alice"])
     );
     assert_eq!(
-        redis.smembers(&format!("{prefix_b}room:{room}")),
+        redis.smembers(&format!("{prefix_b}room:{{{room}}}")),
         set(&["bob"])
     );
 }

@@ -64,7 +64,7 @@ async fn join_retrying(
 /// hit a running cluster, not one still starting (a separate scenario).
 async fn wait_heartbeats(redis: &RedisServer, prefix: &str, nodes: &[&TestNode]) {
     for node in nodes {
-        let key = format!("{prefix}node:{}", node.node_id());
+        let key = format!("{prefix}node:{{{}}}", node.node_id());
         let key = &key;
         eventually(
             TIMEOUT,
@@ -85,7 +85,7 @@ async fn running_cluster(n: usize) -> Cluster {
 
 /// The `P node:{id}:sessions` key.
 fn node_sessions_key(prefix: &str, node: &TestNode) -> String {
-    format!("{prefix}node:{}:sessions", node.node_id())
+    format!("{prefix}node:{{{}}}:sessions", node.node_id())
 }
 
 /// Time left until `deadline` (zero once passed).
@@ -857,7 +857,7 @@ async fn restarted_node_with_same_id_evicts_its_previous_sessions() {
         assert_rest_user_gone(node, "dave").await;
     }
     for user in ["carol", "dave"] {
-        let key = format!("{prefix}user:{user}");
+        let key = format!("{prefix}user:{{{user}}}");
         assert!(!redis.exists(&key), "{key} survived the previous run");
     }
 
@@ -867,7 +867,7 @@ async fn restarted_node_with_same_id_evicts_its_previous_sessions() {
     alice.expect_frame(&user_joined(&carol_user)).await;
     assert_messaging((&mut alice, "alice"), (&mut carol, "carol"), "after").await;
     assert_rest_user(&a, &carol_user, &node_id).await;
-    let sessions_key = format!("{prefix}node:{node_id}:sessions");
+    let sessions_key = format!("{prefix}node:{{{node_id}}}:sessions");
     let held: BTreeSet<String> = redis.hgetall(&sessions_key).into_keys().collect();
     assert_eq!(
         held,

@@ -206,7 +206,6 @@ impl Subscriber {
 
     /// Dispatches messages until the connection ends, a probe is lost, or the node stops.
     async fn pump(&self, mut stream: PubSubStream, cancel: &CancellationToken) -> Lost {
-        let prefix = self.keys.user_channel_prefix();
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The probe in flight: its nonce and when it was sent.
@@ -236,7 +235,7 @@ impl Subscriber {
                 }
                 continue;
             }
-            let Some(user) = channel.strip_prefix(prefix.as_str()) else {
+            let Some(user) = self.keys.user_of_channel(channel) else {
                 continue;
             };
             let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {

@@ -22,6 +22,12 @@ use crate::session::{self, Credentials};
 /// are small, and at 100k connections that default alone would be 12 GiB.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// The socket's own write buffer holds at most one frame of the outbound queue
+/// (itself bounded by `MAX_QUEUE_BYTES`) plus control replies.
+fn write_buffer_bound(max_queue_bytes: usize) -> usize {
+    max_queue_bytes.saturating_add(16 * 1024)
+}
+
 /// Query parameters a client may send. They are never logged.
 #[derive(Deserialize, Default)]
 pub(super) struct WsQuery {
@@ -69,6 +75,10 @@ pub(super) async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
+        // Replies to client pings are written by the WebSocket library itself, past
+        // our outbound queue: without this bound a client that sends pings and never
+        // reads grows the node's memory without limit.
+        .max_write_buffer_size(write_buffer_bound(state.config.max_queue_bytes))
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"));
 
     let ids = path.ok().and_then(|Path((room, user))| {

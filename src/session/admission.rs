@@ -3,7 +3,7 @@
 //! session started; capacity is checked atomically by the join.
 
 use crate::app::AppState;
-use crate::auth::{verify_password, Claims};
+use crate::auth::Claims;
 use crate::broker::RoomMeta;
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{close_code, ErrorCode, Role};
@@ -52,10 +52,14 @@ pub(super) async fn admit(
     };
     if let Some(hash) = meta.password_hash.clone() {
         let password = credentials.password.unwrap_or_default();
-        // argon2 is slow by design: keep it off the async worker threads.
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
+        let Ok(matches) = state.passwords.verify(password, hash).await else {
+            tracing::warn!("join refused: every room-password check stayed busy");
+            return Err(Refusal {
+                code: ErrorCode::Unavailable,
+                close: close_code::TRY_AGAIN_LATER,
+                text: "too many password checks at once; retry",
+            });
+        };
         if !matches {
             tracing::info!("join refused: wrong or missing room password");
             return Err(Refusal {

@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod outbox;
+pub mod password_gate;
 mod rate;
 mod relay;
 
@@ -159,9 +160,9 @@ async fn serve(
         joined_at: request.joined_at.clone(),
         role: request.role,
     };
-    if let Some(previous) = state.registry.insert(user.clone(), handle) {
-        previous.outbox.close(CloseReason::Replaced);
-    }
+    // An older local session of this user stays open: if this join wins, the
+    // join itself tells that session to close; if it is refused, nothing changed.
+    state.registry.insert(user.clone(), handle);
 
     // Subscribe before the join makes the user visible, so a member reacting to
     // `user_joined` at once never sends into the void.
@@ -248,14 +249,27 @@ async fn pump(
     // two halves of this one task (an atomic because the future must be Send).
     let last_seen = AtomicU64::new(0);
     let ping = state.config.ping_interval;
-    let mut limiter = rate::RateLimiter::new(state.config.rate_limit, started);
+    let mut limiter = rate::RateLimiter::new(
+        state.config.rate_limit,
+        state.config.byte_rate_limit,
+        started,
+    );
+    // A write that cannot finish for this long means the client stopped reading.
+    // Without it a client that never reads but keeps sending pings (which prove it
+    // alive) would park the writer forever.
+    let write_stall = 2 * ping;
     let reader = async {
         while let Some(msg) = stream.next().await {
             let now = Instant::now();
             state.stats.frame_in();
             last_seen.store(millis_since(started, now), Ordering::Relaxed);
-            if matches!(msg, Ok(Message::Text(_) | Message::Binary(_))) {
-                match limiter.check(now) {
+            let data_len = match &msg {
+                Ok(Message::Text(t)) => Some(t.len()),
+                Ok(Message::Binary(b)) => Some(b.len()),
+                _ => None,
+            };
+            if let Some(len) = data_len {
+                match limiter.check(len, now) {
                     rate::Verdict::Allow => {}
                     rate::Verdict::Drop => {
                         let (id, target) = match &msg {
@@ -303,8 +317,10 @@ async fn pump(
             tokio::select! {
                 frame = inbox.recv() => {
                     let Some(frame) = frame else { return End::ClientGone };
-                    if sink.send(Message::Text(frame.text.into())).await.is_err() {
-                        return End::ClientGone;
+                    match tokio::time::timeout(write_stall, sink.send(Message::Text(frame.text.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::ClientGone,
+                        Err(_) => return stalled(outbox),
                     }
                     state.stats.frame_out();
                     if let Some(published) = frame.published_us {
@@ -319,8 +335,10 @@ async fn pump(
                         outbox.close(CloseReason::Timeout);
                         return End::Closed(CloseReason::Timeout);
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return End::ClientGone;
+                    match tokio::time::timeout(write_stall, sink.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::ClientGone,
+                        Err(_) => return stalled(outbox),
                     }
                 }
             }
@@ -348,6 +366,13 @@ async fn pump(
     (end, socket)
 }
 
+/// A client whose socket took no bytes for the stall limit: a slow consumer.
+fn stalled(outbox: &Outbox) -> End {
+    tracing::info!("closing: the client has not read for two ping intervals");
+    outbox.close(CloseReason::SlowConsumer);
+    End::Closed(CloseReason::SlowConsumer)
+}
+
 fn millis_since(start: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
 }
@@ -361,6 +386,8 @@ fn classify(e: axum::Error) -> End {
     match e.into_inner().downcast::<tungstenite::Error>() {
         Ok(err) => match *err {
             tungstenite::Error::Capacity(_) => End::TooBig,
+            // The socket's write buffer (replies to pings included) is at its bound.
+            tungstenite::Error::WriteBufferFull(_) => End::Closed(CloseReason::SlowConsumer),
             tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => End::ProtocolViolation,
             _ => End::ClientGone,
         },

@@ -617,12 +617,12 @@ impl Cluster {
 
     /// `P room:{room}`
     pub fn room_key(&self, room: &str) -> String {
-        format!("{}room:{room}", self.prefix)
+        format!("{}room:{{{room}}}", self.prefix)
     }
 
     /// `P user:{user}`
     pub fn user_key(&self, user: &str) -> String {
-        format!("{}user:{user}", self.prefix)
+        format!("{}user:{{{user}}}", self.prefix)
     }
 }
 
@@ -2014,5 +2014,46 @@ impl RedisTap {
 impl Drop for RedisTap {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl TestClient {
+    /// Connects like [`TestClient::connect_join`], over a socket whose kernel receive
+    /// buffer is only `recv_buffer` bytes: a client that stops reading then backs up
+    /// into the server within kilobytes instead of megabytes of loopback buffers.
+    pub async fn connect_join_small_buffer(
+        node: &TestNode,
+        room: &str,
+        user: &str,
+        recv_buffer: u32,
+    ) -> (Self, Value) {
+        let url = node.ws_url(room, user);
+        let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+        socket
+            .set_recv_buffer_size(recv_buffer)
+            .expect("set SO_RCVBUF");
+        let addr: SocketAddr = ([127, 0, 0, 1], node.port()).into();
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("timed out connecting to {url}"))
+            .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+        let (ws, _response) = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("timed out upgrading {url}"))
+        .unwrap_or_else(|e| panic!("WebSocket upgrade of {url} failed: {e}"));
+        let mut client = Self {
+            ws,
+            label: format!("{user}@{room} on {} (small buffer)", node.node_id()),
+        };
+        let frame = client.recv_json().await;
+        assert_eq!(
+            frame["type"], "room_users",
+            "{}: first frame {frame}",
+            client.label
+        );
+        (client, frame)
     }
 }

@@ -4,7 +4,7 @@
 local n = 0
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if m ~= ARGV[1] then
-    n = n + redis.call('PUBLISH', ARGV[2] .. 'ch:user:' .. m, ARGV[3])
+    n = n + redis.call('PUBLISH', ARGV[2] .. 'user:{' .. m .. '}:ch', ARGV[3])
   end
 end
 return n

@@ -10,14 +10,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 the
 end
 local kicked = 0
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local user_key = prefix .. 'user:' .. m
+  local user_key = prefix .. 'user:{' .. m .. '}'
   local info = redis.call('HMGET', user_key, 'room_id', 'session_id', 'node_id')
   if info[1] == room and info[2] then
     redis.call('DEL', user_key)
     if info[3] then
-      redis.call('HDEL', prefix .. 'node:' .. info[3] .. ':sessions', m)
+      redis.call('HDEL', prefix .. 'node:{' .. info[3] .. '}:sessions', m)
     end
-    redis.call('PUBLISH', prefix .. 'ch:user:' .. m, 'K ' .. info[2] .. ' kicked\n')
+    redis.call('PUBLISH', prefix .. 'user:{' .. m .. '}:ch', 'K ' .. info[2] .. ' kicked\n')
     kicked = kicked + 1
   end
 end

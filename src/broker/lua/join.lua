@@ -20,19 +20,19 @@ local old_room, old_sid, old_node = old[1], old[2], old[3]
 
 -- One session per user cluster-wide: the old one is told to close (envelope.rs `K`).
 if old_sid then
-  redis.call('PUBLISH', prefix .. 'ch:user:' .. user, 'K ' .. old_sid .. ' replaced\n')
+  redis.call('PUBLISH', prefix .. 'user:{' .. user .. '}:ch', 'K ' .. old_sid .. ' replaced\n')
   if old_node then
-    redis.call('HDEL', prefix .. 'node:' .. old_node .. ':sessions', user)
+    redis.call('HDEL', prefix .. 'node:{' .. old_node .. '}:sessions', user)
   end
 end
 -- Moving rooms: the old room hears `replaced`. Same room: members only see a new user_joined.
 if old_sid and old_room and old_room ~= room then
-  local old_key = prefix .. 'room:' .. old_room
+  local old_key = prefix .. 'room:{' .. old_room .. '}'
   if redis.call('SREM', old_key, user) == 1 then
     local left = 'L ' .. user .. ' ' .. old_sid .. '\n{"type":"user_left","payload":{"user_id":"' ..
       user .. '","room_id":"' .. old_room .. '","reason":"replaced"}}'
     for _, m in ipairs(redis.call('SMEMBERS', old_key)) do
-      redis.call('PUBLISH', prefix .. 'ch:user:' .. m, left)
+      redis.call('PUBLISH', prefix .. 'user:{' .. m .. '}:ch', left)
     end
   end
 end
@@ -50,13 +50,13 @@ redis.call('EXPIRE', KEYS[5], ARGV[7])
 local out = { old_sid or '' }
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if m ~= user then
-    local info = redis.call('HMGET', prefix .. 'user:' .. m, 'room_id', 'joined_at', 'role', 'session_id')
+    local info = redis.call('HMGET', prefix .. 'user:{' .. m .. '}', 'room_id', 'joined_at', 'role', 'session_id')
     if info[1] == room and info[4] then
       out[#out + 1] = m
       out[#out + 1] = info[2] or ''
       out[#out + 1] = info[3] or 'peer'
       out[#out + 1] = info[4]
-      redis.call('PUBLISH', prefix .. 'ch:user:' .. m, ARGV[9])
+      redis.call('PUBLISH', prefix .. 'user:{' .. m .. '}:ch', ARGV[9])
     else
       -- A member whose hash expired or moved elsewhere is a ghost: drop it.
       redis.call('SREM', KEYS[1], m)

@@ -11,20 +11,20 @@ if info[1] ~= sid then
 end
 redis.call('DEL', KEYS[1])
 if info[3] then
-  redis.call('HDEL', prefix .. 'node:' .. info[3] .. ':sessions', user)
+  redis.call('HDEL', prefix .. 'node:{' .. info[3] .. '}:sessions', user)
 end
 if not info[2] then
   return 1
 end
-local room_key = prefix .. 'room:' .. info[2]
+local room_key = prefix .. 'room:{' .. info[2] .. '}'
 redis.call('SREM', room_key, user)
 local left = 'L ' .. user .. ' ' .. sid .. '\n{"type":"user_left","payload":{"user_id":"' ..
   user .. '","room_id":"' .. info[2] .. '","reason":"' .. ARGV[4] .. '"}}'
 for _, m in ipairs(redis.call('SMEMBERS', room_key)) do
-  redis.call('PUBLISH', prefix .. 'ch:user:' .. m, left)
+  redis.call('PUBLISH', prefix .. 'user:{' .. m .. '}:ch', left)
 end
 -- An emptied room leaves the index unless it was created (its metadata expires later).
-if redis.call('EXISTS', room_key) == 0 and redis.call('EXISTS', prefix .. 'roommeta:' .. info[2]) == 0 then
-  redis.call('ZREM', prefix .. 'rooms', info[2])
+if redis.call('EXISTS', room_key) == 0 and redis.call('EXISTS', prefix .. 'room:{' .. info[2] .. '}:meta') == 0 then
+  redis.call('ZREM', prefix .. 'cluster:{rooms}', info[2])
 end
 return 1

@@ -15,8 +15,8 @@ while true do
     return out
   end
   for _, room in ipairs(batch) do
-    local count = redis.call('SCARD', prefix .. 'room:' .. room)
-    if count == 0 and redis.call('EXISTS', prefix .. 'roommeta:' .. room) == 0 then
+    local count = redis.call('SCARD', prefix .. 'room:{' .. room .. '}')
+    if count == 0 and redis.call('EXISTS', prefix .. 'room:{' .. room .. '}:meta') == 0 then
       redis.call('ZREM', KEYS[1], room)
     elseif found == limit then
       -- A live room beyond this page: the page ends with the previous one.

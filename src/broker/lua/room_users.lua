@@ -4,7 +4,7 @@
 -- or elsewhere are skipped.
 local out = {}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local info = redis.call('HMGET', ARGV[1] .. 'user:' .. m, 'room_id', 'joined_at', 'role', 'session_id')
+  local info = redis.call('HMGET', ARGV[1] .. 'user:{' .. m .. '}', 'room_id', 'joined_at', 'role', 'session_id')
   if info[1] == ARGV[2] and info[4] then
     out[#out + 1] = m
     out[#out + 1] = info[2] or ''
