@@ -1203,6 +1203,28 @@ async fn token_ttl_is_capped_by_token_max_ttl() {
     assert_instant(&reply["expires_at"], 20, 35, "expires_at (ttl 30)");
 }
 
+/// `ttl_seconds` is client input: 0, negative, fractional or past u64 is a 400
+/// JSON error, and the largest u64 is capped (no overflow into a bad expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_ttl_out_of_range_is_refused_with_400() {
+    let c = Cluster::standalone_with(&[("ADMIN_TOKEN", ADMIN), ("JWT_SECRET", SECRET)]).await;
+    for ttl in [json!(0), json!(-1), json!(1.5), json!(1e20), json!("60")] {
+        let body = json!({"user_id": "alice", "room_id": "r1", "ttl_seconds": ttl});
+        let (status, reply) = admin(c.node(0), "POST", "/tokens", Some(body.clone())).await;
+        assert_http_error(
+            status,
+            &reply,
+            400,
+            "invalid_request",
+            &format!("POST /tokens {body}"),
+        );
+    }
+    let body = json!({"user_id": "alice", "room_id": "r1", "ttl_seconds": u64::MAX});
+    let (status, reply) = admin(c.node(0), "POST", "/tokens", Some(body)).await;
+    assert_eq!(status, 201, "POST /tokens ttl u64::MAX (body {reply})");
+    assert_instant(&reply["expires_at"], 86_390, 86_410, "expires_at (capped)");
+}
+
 /// Without JWT_SECRET, POST /tokens answers 409 tokens_disabled (also in jwt mode with a public key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_disabled_without_jwt_secret() {
