@@ -31,6 +31,9 @@ pub const RELAY_PUBLISH_SECONDS: &str = "signal_relay_publish_seconds";
 pub const RELAY_DELIVERY_SECONDS: &str = "signal_relay_delivery_seconds";
 /// Whether Redis answers (gauge 0/1; 1 in standalone mode).
 pub const REDIS_UP: &str = "signal_redis_up";
+/// Redis commands that Redis answered with an error (WRONGTYPE, a script error),
+/// by `op` (counter). Not an outage: `signal_redis_up` stays 1.
+pub const REDIS_COMMAND_ERRORS: &str = "signal_redis_command_errors_total";
 /// Redis command round trips by `op` (histogram, seconds).
 pub const REDIS_SECONDS: &str = "signal_redis_command_seconds";
 /// Redis connections rebuilt, by `connection` (subscriber, relay) (counter).
@@ -115,6 +118,11 @@ pub fn redis_op(op: &'static str, took: Duration) {
 /// Redis reachability changed.
 pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Redis answered the command `op` with an error.
+pub fn redis_command_failed(op: &'static str) {
+    counter!(REDIS_COMMAND_ERRORS, "op" => op).increment(1);
 }
 
 /// A Redis connection was rebuilt.

@@ -90,6 +90,8 @@ pub struct RedisBroker {
     pub(super) scripts: Scripts,
     /// Last known reachability, so a loss and a recovery are each logged once.
     reachable: AtomicBool,
+    /// Throttles the ERROR lines of commands Redis answered with an error.
+    command_errors: CommandErrorLog,
     /// Seals relayed frames (`PAYLOAD_ENCRYPTION_KEY`).
     cipher: Option<Arc<PayloadCipher>>,
     /// Whether this node's payload key was compared with the cluster's, and matched:
@@ -146,6 +148,7 @@ impl RedisBroker {
             subscriber,
             scripts: Scripts::load(),
             reachable: AtomicBool::new(true),
+            command_errors: CommandErrorLog::default(),
             cipher,
             key_state: AtomicU8::new(KEY_UNCHECKED),
         })
@@ -181,7 +184,7 @@ impl RedisBroker {
             .map_or_else(|| "none".to_owned(), |c| c.key_check());
         let key = self.keys.payload_key_check();
         let stored = self
-            .pooled(async |conn| {
+            .pooled("payload_key_check", async |conn| {
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(&mine)
@@ -205,38 +208,50 @@ impl RedisBroker {
         Ok(ok)
     }
 
-    /// Records the outcome of a command; logs only changes of reachability.
-    pub(super) fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    /// Records the outcome of command `op`. Reachability is logged once per change;
+    /// a command Redis answered with an error proves Redis reachable, and is logged
+    /// (throttled per command) and counted as a command failure instead.
+    pub(super) fn note<T>(
+        &self,
+        op: &'static str,
+        result: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let result = result.map_err(|e| e.in_op(op));
         match &result {
-            Ok(_) => {
+            Err(e) if e.is_outage() => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    crate::metrics::redis_up(false);
+                    tracing::error!(error = %e, "redis unreachable: relays answer `unavailable`, joins are refused with 1013");
+                }
+            }
+            answered => {
                 if !self.reachable.swap(true, Ordering::AcqRel) {
                     crate::metrics::redis_up(true);
                     tracing::info!("redis reachable again");
                 }
-            }
-            Err(e) => {
-                if self.reachable.swap(false, Ordering::AcqRel) {
-                    crate::metrics::redis_up(false);
-                    tracing::error!(error = %e, "redis unreachable: relays answer `unavailable`, joins are refused with 1013");
+                if let Err(BrokerError::Command { op, source }) = answered {
+                    crate::metrics::redis_command_failed(op);
+                    self.command_errors.report(op, source);
                 }
             }
         }
         result
     }
 
-    /// Runs `op` on a pooled connection and records whether Redis answered, so
+    /// Runs `run` on a pooled connection and records whether Redis answered, so
     /// every control-plane command shares one checkout, error mapping and
-    /// reachability log.
+    /// reachability log. `op` names the command in logs and metrics.
     pub(super) async fn pooled<T>(
         &self,
-        op: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BrokerError>,
+        op: &'static str,
+        run: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         let result = async {
             let mut conn = self.conn().await?;
-            op(&mut conn).await
+            run(&mut conn).await
         }
         .await;
-        self.note(result)
+        self.note(op, result)
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
@@ -262,7 +277,7 @@ impl RedisBroker {
         ));
         let started = std::time::Instant::now();
         let result = self
-            .pooled(async |conn| {
+            .pooled("join", async |conn| {
                 let reply: Vec<String> = self
                     .scripts
                     .join
@@ -311,7 +326,7 @@ impl RedisBroker {
     ) -> Result<bool, BrokerError> {
         let started = std::time::Instant::now();
         let result = self
-            .pooled(async |conn| {
+            .pooled("leave", async |conn| {
                 let removed: i64 = self
                     .scripts
                     .leave
@@ -347,7 +362,7 @@ impl RedisBroker {
         if let Err(e) = &result {
             self.relay.failed(generation, e);
         }
-        self.note(result.map_err(BrokerError::from))
+        self.note(op, result.map_err(BrokerError::from))
     }
 
     /// A PING over the relay connection, run with every heartbeat so a dead
@@ -410,7 +425,7 @@ impl RedisBroker {
 
     pub(super) async fn room_members(&self, room: &RoomId) -> Result<Vec<Member>, BrokerError> {
         let result = self
-            .pooled(async |conn| {
+            .pooled("room_users", async |conn| {
                 let reply: Vec<String> = self
                     .scripts
                     .room_users
@@ -429,7 +444,7 @@ impl RedisBroker {
 
     pub(super) async fn user(&self, user: &UserId) -> Result<Option<UserInfo>, BrokerError> {
         let fields = self
-            .pooled(async |conn| {
+            .pooled("user", async |conn| {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
                     .arg(self.keys.user(user.as_str()))
                     .arg(&["room_id", "joined_at", "role", "node_id"])
@@ -478,7 +493,7 @@ impl RedisBroker {
                 .arg(self.ttl_secs)
                 .ignore();
         }
-        self.pooled(async |conn| {
+        self.pooled("refresh", async |conn| {
             pipe.query_async::<()>(&mut *conn).await?;
             Ok(())
         })
@@ -510,7 +525,7 @@ impl RedisBroker {
     /// a survivor had declared this node dead and evicted its sessions meanwhile.
     pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BrokerError> {
         let me = self.node_id.as_str();
-        self.pooled(async |conn| {
+        self.pooled("heartbeat", async |conn| {
             let dead: i64 = self
                 .scripts
                 .heartbeat
@@ -532,7 +547,7 @@ impl RedisBroker {
     /// Removes this node from the registry at a clean shutdown.
     pub async fn deregister(&self) -> Result<(), BrokerError> {
         let me = self.node_id.as_str();
-        self.pooled(async |conn| {
+        self.pooled("deregister", async |conn| {
             redis::pipe()
                 .atomic()
                 .del(self.keys.node(me))
@@ -549,7 +564,7 @@ impl RedisBroker {
     /// The heartbeat values (JSON) of every live node.
     pub async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
         let values = self
-            .pooled(async |conn| {
+            .pooled("live_nodes", async |conn| {
                 let ids: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(self.keys.nodes())
                     .query_async(&mut *conn)
@@ -573,7 +588,7 @@ impl RedisBroker {
     /// Redis's `used_memory` (INFO memory), in bytes.
     pub async fn used_memory(&self) -> Result<Option<u64>, BrokerError> {
         let info = self
-            .pooled(async |conn| {
+            .pooled("used_memory", async |conn| {
                 let info: String = redis::cmd("INFO")
                     .arg("memory")
                     .query_async(&mut *conn)
@@ -589,7 +604,7 @@ impl RedisBroker {
 
     /// Registered nodes whose heartbeat expired.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, BrokerError> {
-        self.pooled(async |conn| {
+        self.pooled("dead_nodes", async |conn| {
             let dead: Vec<String> = self
                 .scripts
                 .dead_nodes
@@ -607,7 +622,7 @@ impl RedisBroker {
     /// how many were evicted; zero when another survivor claimed it first.
     pub async fn clean_dead_node(&self, node: &str) -> Result<usize, BrokerError> {
         let flat = self
-            .pooled(async |conn| {
+            .pooled("claim_dead", async |conn| {
                 let flat: Vec<String> = self
                     .scripts
                     .claim_dead
@@ -629,7 +644,7 @@ impl RedisBroker {
     /// and restarted before anyone cleaned up), sparing the live local ones.
     pub async fn clean_previous_run(&self, registry: &Registry) -> Result<usize, BrokerError> {
         let flat = self
-            .pooled(async |conn| {
+            .pooled("previous_sessions", async |conn| {
                 let flat: Vec<String> = redis::cmd("HGETALL")
                     .arg(self.keys.node_sessions(self.node_id.as_str()))
                     .query_async(&mut *conn)
@@ -668,7 +683,7 @@ impl RedisBroker {
         user: &UserId,
         handle: &SessionHandle,
     ) -> Result<bool, BrokerError> {
-        self.pooled(async |conn| {
+        self.pooled("restore", async |conn| {
             let restored: i64 = self
                 .scripts
                 .restore
@@ -687,6 +702,50 @@ impl RedisBroker {
             Ok(restored == 1)
         })
         .await
+    }
+}
+
+/// How often one command's failures are logged after the first: a key of the wrong
+/// type fails every relay in its room, which must not flood the log at ERROR.
+const COMMAND_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Per-command throttle of "redis command failed" lines: the first failure of a
+/// command is logged at once, later ones at most every
+/// [`COMMAND_ERROR_LOG_INTERVAL`] with how many were not logged in between.
+#[derive(Default)]
+struct CommandErrorLog {
+    /// Per command: when it was last logged and the failures since.
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl CommandErrorLog {
+    fn report(&self, op: &'static str, error: &redis::RedisError) {
+        let now = std::time::Instant::now();
+        let suppressed = {
+            // Plain bookkeeping: a panic elsewhere cannot leave it inconsistent.
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            match last.get_mut(op) {
+                Some((at, skipped)) if now.duration_since(*at) < COMMAND_ERROR_LOG_INTERVAL => {
+                    *skipped += 1;
+                    return;
+                }
+                Some((at, skipped)) => {
+                    *at = now;
+                    std::mem::take(skipped)
+                }
+                None => {
+                    last.insert(op, (now, 0));
+                    0
+                }
+            }
+        };
+        tracing::error!(
+            op,
+            code = error.code().unwrap_or("-"),
+            %error,
+            not_logged_since_last = suppressed,
+            "redis command failed: Redis answered with an error (it is reachable); the caller got `unavailable`"
+        );
     }
 }
 
