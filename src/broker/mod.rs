@@ -403,7 +403,10 @@ mod tests {
         ] {
             let e = server(kind).in_op("join");
             assert!(!e.is_outage(), "{kind:?}");
-            assert!(e.to_string().starts_with("redis command join failed"), "{e}");
+            assert!(
+                e.to_string().starts_with("redis command join failed"),
+                "{e}"
+            );
         }
     }
 }
