@@ -50,6 +50,7 @@ pub(super) struct Scripts {
     pub(super) leave: Script,
     pub(super) relay: Script,
     pub(super) broadcast: Script,
+    pub(super) broadcast_sealed: Script,
     pub(super) room_users: Script,
     pub(super) restore: Script,
     pub(super) heartbeat: Script,
@@ -67,6 +68,7 @@ impl Scripts {
             leave: Script::new(include_str!("lua/leave.lua")),
             relay: Script::new(include_str!("lua/relay.lua")),
             broadcast: Script::new(include_str!("lua/broadcast.lua")),
+            broadcast_sealed: Script::new(include_str!("lua/broadcast_sealed.lua")),
             room_users: Script::new(include_str!("lua/room_users.lua")),
             restore: Script::new(include_str!("lua/restore.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -169,9 +171,9 @@ impl RedisBroker {
         self.subscriber.is_connected()
     }
 
-    /// Seals an envelope when payload encryption is on.
-    pub(super) fn seal(&self, envelope: String) -> String {
-        crypto::seal(self.cipher.as_deref(), envelope)
+    /// Seals an envelope for `channel` when payload encryption is on.
+    pub(super) fn seal(&self, channel: &str, envelope: String) -> String {
+        crypto::seal(self.cipher.as_deref(), channel, envelope)
     }
 
     /// Compares this node's payload key with the cluster's (the first node to ask
@@ -270,11 +272,14 @@ impl RedisBroker {
     }
 
     pub(super) async fn join(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
-        let joined = self.seal(envelope::joined(
+        // Clear even with a payload key: the script publishes this one text to every
+        // member's channel, so it cannot be sealed per channel, and it carries no
+        // client payload (crypto.rs: membership may travel clear).
+        let joined = envelope::joined(
             req.user.as_str(),
             req.session,
             &user_joined_frame(&req.user_object()),
-        ));
+        );
         let started = std::time::Instant::now();
         let result = self
             .pooled("join", async |conn| {
@@ -391,11 +396,12 @@ impl RedisBroker {
         target: &str,
         frame: &str,
     ) -> Result<RelayOutcome, BrokerError> {
-        let envelope = self.seal(envelope::frame(frame));
+        let channel = self.keys.user_channel(target);
+        let envelope = self.seal(&channel, envelope::frame(frame));
         let mut invocation = self.scripts.relay.prepare_invoke();
         invocation
             .key(self.keys.room(room.as_str()))
-            .key(self.keys.user_channel(target))
+            .key(channel)
             .arg(target)
             .arg(envelope);
         let n = self.relay_call("relay", &invocation).await?;
@@ -412,13 +418,58 @@ impl RedisBroker {
         sender: &UserId,
         frame: &str,
     ) -> Result<usize, BrokerError> {
-        let envelope = self.seal(envelope::frame(frame));
+        if let Some(cipher) = &self.cipher {
+            return self.relay_to_room_sealed(cipher, room, sender, frame).await;
+        }
+        let envelope = envelope::frame(frame);
         let mut invocation = self.scripts.broadcast.prepare_invoke();
         invocation
             .key(self.keys.room(room.as_str()))
             .arg(sender.as_str())
             .arg(self.keys.prefix())
             .arg(envelope);
+        let n = self.relay_call("broadcast", &invocation).await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// A broadcast with payload encryption: each member's copy is sealed for its own
+    /// channel, so one member's copy cannot be replayed to another. That needs the
+    /// member list first: one SMEMBERS, then one script that publishes each copy if
+    /// its member is still in the room.
+    async fn relay_to_room_sealed(
+        &self,
+        cipher: &PayloadCipher,
+        room: &RoomId,
+        sender: &UserId,
+        frame: &str,
+    ) -> Result<usize, BrokerError> {
+        let room_key = self.keys.room(room.as_str());
+        let members: Vec<String> = {
+            let (generation, mut conn) = self.relay.get();
+            let started = std::time::Instant::now();
+            let result = redis::cmd("SMEMBERS")
+                .arg(&room_key)
+                .query_async::<Vec<String>>(&mut conn)
+                .await;
+            crate::metrics::redis_op("broadcast_members", started.elapsed());
+            if let Err(e) = &result {
+                self.relay.failed(generation, e);
+            }
+            self.note("broadcast_members", result.map_err(BrokerError::from))?
+        };
+        let envelope = envelope::frame(frame);
+        let mut invocation = self.scripts.broadcast_sealed.prepare_invoke();
+        invocation.key(room_key);
+        let mut copies = 0;
+        for member in members.iter().filter(|m| m.as_str() != sender.as_str()) {
+            let channel = self.keys.user_channel(member);
+            let sealed = cipher.seal(&channel, &envelope);
+            invocation.key(channel).arg(member).arg(sealed);
+            copies += 1;
+        }
+        if copies == 0 {
+            return Ok(0);
+        }
         let n = self.relay_call("broadcast", &invocation).await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
