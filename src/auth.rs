@@ -125,17 +125,43 @@ impl Verifier {
     }
 }
 
+/// Why `POST /tokens` could not mint a token, so the handler can log the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// `JWT_SECRET` is not set.
+    #[error("no JWT_SECRET to sign with")]
+    NoSecret,
+    /// The system clock reads before 1970.
+    #[error("the system clock is before the Unix epoch")]
+    Clock,
+    /// now + ttl does not fit a JWT `exp` (cannot happen with the configured
+    /// range of `TOKEN_MAX_TTL_SECONDS`; checked rather than trusted).
+    #[error("token expiry out of range")]
+    Expiry,
+    /// jsonwebtoken refused to sign.
+    #[error("token signing failed: {0}")]
+    Signing(#[from] jsonwebtoken::errors::Error),
+}
+
 /// A token minted by `POST /tokens`, and when it expires (seconds since the epoch).
+/// `ttl` is capped at `TOKEN_MAX_TTL_SECONDS`.
 pub fn issue(
     security: &Security,
     user: &str,
     room: &str,
     role: Option<Role>,
     ttl: Duration,
-) -> Option<(String, u64)> {
-    let secret = security.token_secret.as_ref()?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    let exp = now + ttl.min(security.token_max_ttl).as_secs().max(1);
+) -> Result<(String, u64), IssueError> {
+    let secret = security.token_secret.as_ref().ok_or(IssueError::NoSecret)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| IssueError::Clock)?
+        .as_secs();
+    // `exp` must also fit an i64 for RFC 3339 formatting and for verifiers.
+    let exp = now
+        .checked_add(ttl.min(security.token_max_ttl).as_secs().max(1))
+        .filter(|exp| i64::try_from(*exp).is_ok())
+        .ok_or(IssueError::Expiry)?;
     let claims = Claims {
         sub: user.to_owned(),
         room: room.to_owned(),
@@ -149,9 +175,8 @@ pub fn issue(
         &Header::new(Algorithm::HS256),
         &claims,
         &EncodingKey::from_secret(secret),
-    )
-    .ok()?;
-    Some((token, exp))
+    )?;
+    Ok((token, exp))
 }
 
 /// A room password's argon2id hash (PHC string, random salt). Slow on purpose:

@@ -19,7 +19,7 @@
 //! | `ALERT_CONNECTION_SPIKE` | `1000` | WARN when connections rise by more than this within a minute |
 //! | `AUTH_MODE` | `none` | `jwt` requires a token on every WebSocket |
 //! | `JWT_SECRET` | unset | HS256 key: verifies client tokens and signs `POST /tokens` |
-//! | `JWT_PUBLIC_KEY_FILE` | unset | PEM public key (RSA: RS256, EC P-256: ES256) for client tokens |
+//! | `JWT_PUBLIC_KEY_FILE` | unset | PEM public key (RSA: RS256, EC P-256: ES256) for client tokens; not with `JWT_SECRET` |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset | required `iss` / `aud` when set |
 //! | `ADMIN_TOKEN` | unset | bearer for the admin endpoints; unset disables them |
 //! | `METRICS_TOKEN` | unset | bearer for `/metrics`; unset leaves it open |
@@ -28,8 +28,14 @@
 //! | `ALLOWED_ORIGINS` | any | comma list of origins allowed for WebSockets and CORS |
 //! | `PAYLOAD_ENCRYPTION_KEY` | unset | base64 of 32 bytes: relayed frames cross Redis sealed |
 //!
+//! Every number has an inclusive range (the `*_RANGE` constants below); outside it
+//! startup stops with one line that shows the range.
+//!
 //! With neither `REDIS_URL` nor any `REDIS_*` variable set the node runs standalone.
 
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::ids::{is_valid_id, NodeId};
@@ -38,13 +44,48 @@ use crate::ids::{is_valid_id, NodeId};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The variable is set but its value is not acceptable.
-    #[error("invalid {var}={value:?}: {reason}")]
+    #[error("{var}={value:?}: {reason}")]
     Invalid {
         var: &'static str,
         value: String,
         reason: String,
     },
+    /// Two variables are set that cannot be used together.
+    #[error("{first} and {second} are both set: {reason}")]
+    Conflict {
+        first: &'static str,
+        second: &'static str,
+        reason: &'static str,
+    },
 }
+
+// The accepted range of every numeric setting, in one place (README's table shows
+// them). Bounds keep each value usable by what consumes it: TTLs stay far inside
+// Redis's EXPIRE limit and i64 milliseconds (10 years), byte sizes above a frame
+// that can hold any protocol message and below what one process can sensibly
+// queue, rates and counts below what one node could ever reach.
+
+/// `PORT`: 0 lets the OS pick one (tests, ephemeral setups).
+const PORT_RANGE: RangeInclusive<u16> = 0..=65_535;
+/// `REDIS_PORT`.
+const REDIS_PORT_RANGE: RangeInclusive<u16> = 1..=65_535;
+/// `REDIS_DB`: Redis's `databases` setting is a C int.
+const REDIS_DB_RANGE: RangeInclusive<u32> = 0..=2_147_483_647;
+/// `ROOM_TTL_SECONDS` and `TOKEN_MAX_TTL_SECONDS`: 1 s to 10 years.
+const TTL_RANGE: RangeInclusive<u64> = 1..=315_360_000;
+/// `MAX_MESSAGE_BYTES`: 128 B to 16 MiB.
+const MESSAGE_BYTES_RANGE: RangeInclusive<usize> = 128..=16 << 20;
+/// Upper bound of `MAX_QUEUE_BYTES` (1 GiB); its lower bound is `MAX_MESSAGE_BYTES`.
+const MAX_QUEUE_BYTES: usize = 1 << 30;
+/// `PING_INTERVAL_SECONDS`, decimals allowed.
+const PING_RANGE: RangeInclusive<f64> = 0.05..=3600.0;
+/// `RATE_LIMIT_PER_SECOND` (0 turns the limit off) and `RATE_LIMIT_BURST`.
+const RATE_RANGE: RangeInclusive<u32> = 0..=1_000_000;
+/// `RATE_LIMIT_BYTES_PER_SECOND` (0 turns it off) and `RATE_LIMIT_BYTES_BURST`
+/// (at least `MAX_MESSAGE_BYTES`): up to 1 GiB.
+const BYTE_RATE_RANGE: RangeInclusive<u32> = 0..=1 << 30;
+/// `MAX_CONNECTIONS` and `ALERT_CONNECTION_SPIKE`.
+const CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +230,7 @@ impl Config {
         let get = |name: &str| var(name).filter(|v| !v.is_empty());
 
         let host = get("HOST").unwrap_or_else(|| "0.0.0.0".to_owned());
-        let port = parse_num::<u16>(&get, "PORT", 8000)?;
+        let port = parse_in(&get, "PORT", 8000, PORT_RANGE)?;
         let redis = redis_target(&get)?;
 
         let key_prefix = var("KEY_PREFIX").unwrap_or_else(|| "signal:".to_owned());
@@ -206,10 +247,7 @@ impl Config {
             ));
         }
 
-        let ttl = parse_num::<u64>(&get, "ROOM_TTL_SECONDS", 1800)?;
-        if ttl == 0 {
-            return Err(invalid("ROOM_TTL_SECONDS", "0", "must be at least 1"));
-        }
+        let ttl = parse_in(&get, "ROOM_TTL_SECONDS", 1800, TTL_RANGE)?;
 
         let node_id = get("NODE_ID").unwrap_or_else(default_node_id);
         let node_id = NodeId::parse(&node_id).map_err(|_| {
@@ -227,62 +265,30 @@ impl Config {
             Some(other) => return Err(invalid("LOG_FORMAT", other, "expected text or json")),
         };
 
-        let max_message_bytes = parse_num::<usize>(&get, "MAX_MESSAGE_BYTES", 65536)?;
-        if max_message_bytes < 128 {
-            return Err(invalid(
-                "MAX_MESSAGE_BYTES",
-                &max_message_bytes.to_string(),
-                "must be at least 128",
-            ));
-        }
-        let max_queue_bytes = parse_num::<usize>(&get, "MAX_QUEUE_BYTES", 1 << 20)?;
-        if max_queue_bytes < max_message_bytes {
-            return Err(invalid(
-                "MAX_QUEUE_BYTES",
-                &max_queue_bytes.to_string(),
-                "must be at least MAX_MESSAGE_BYTES",
-            ));
-        }
+        let max_message_bytes = parse_in(&get, "MAX_MESSAGE_BYTES", 65536, MESSAGE_BYTES_RANGE)?;
+        // One queue must hold at least one frame of the largest size.
+        let max_queue_bytes = parse_in(
+            &get,
+            "MAX_QUEUE_BYTES",
+            max_message_bytes.max(1 << 20),
+            max_message_bytes..=MAX_QUEUE_BYTES,
+        )?;
 
-        let ping = match get("PING_INTERVAL_SECONDS") {
-            None => 20.0,
-            Some(v) => v
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.05 && *s <= 3600.0)
-                .ok_or_else(|| {
-                    invalid(
-                        "PING_INTERVAL_SECONDS",
-                        &v,
-                        "expected seconds from 0.05 to 3600",
-                    )
-                })?,
-        };
-        let per_second = parse_num::<u32>(&get, "RATE_LIMIT_PER_SECOND", 50)?;
-        let burst = parse_num::<u32>(&get, "RATE_LIMIT_BURST", 200)?;
-        let rate_limit = match (per_second, burst) {
-            (0, _) => None,
-            (_, 0) => {
-                return Err(invalid(
-                    "RATE_LIMIT_BURST",
-                    "0",
-                    "must be at least 1 while RATE_LIMIT_PER_SECOND is set",
-                ))
-            }
-            (p, b) => Some(RateLimit {
-                per_second: f64::from(p),
-                burst: f64::from(b),
-            }),
-        };
+        let ping = parse_in(&get, "PING_INTERVAL_SECONDS", 20.0, PING_RANGE)?;
+        let per_second = parse_in(&get, "RATE_LIMIT_PER_SECOND", 50, RATE_RANGE)?;
+        // An empty bucket would refuse every frame: at least 1 while the limit is on.
+        let burst_min = u32::from(per_second > 0);
+        let burst = parse_in(&get, "RATE_LIMIT_BURST", 200, burst_min..=*RATE_RANGE.end())?;
+        let rate_limit = (per_second > 0).then(|| RateLimit {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+        });
         let byte_rate_limit = byte_rate_limit(&get, max_message_bytes)?;
-        let max_connections = parse_num::<usize>(&get, "MAX_CONNECTIONS", 10_000)?;
-        if max_connections == 0 {
-            return Err(invalid("MAX_CONNECTIONS", "0", "must be at least 1"));
-        }
+        let max_connections = parse_in(&get, "MAX_CONNECTIONS", 10_000, CONNECTIONS_RANGE)?;
 
         let security = security(&get)?;
-        let alert_connection_spike = parse_num::<usize>(&get, "ALERT_CONNECTION_SPIKE", 1000)?;
+        let alert_connection_spike =
+            parse_in(&get, "ALERT_CONNECTION_SPIKE", 1000, CONNECTIONS_RANGE)?;
 
         Ok(Self {
             host,
@@ -309,6 +315,16 @@ fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigErr
     use base64::Engine;
 
     let secret = get("JWT_SECRET").map(String::into_bytes);
+    // POST /tokens signs with JWT_SECRET (HS256) while a public key would verify
+    // client tokens: the node would mint tokens it refuses. Refused before the file
+    // is read, so the message is about the pair.
+    if secret.is_some() && get("JWT_PUBLIC_KEY_FILE").is_some() {
+        return Err(ConfigError::Conflict {
+            first: "JWT_SECRET",
+            second: "JWT_PUBLIC_KEY_FILE",
+            reason: "set one, not both (tokens signed with JWT_SECRET would be refused by a node verifying with the public key)",
+        });
+    }
     let public_key = match get("JWT_PUBLIC_KEY_FILE") {
         None => None,
         Some(path) => Some(std::fs::read(&path).map_err(|e| {
@@ -322,6 +338,7 @@ fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigErr
     let auth = match get("AUTH_MODE").as_deref() {
         None | Some("none") => None,
         Some("jwt") => Some(match (&public_key, &secret) {
+            // Both set was refused above.
             (Some(pem), _) => JwtKey::PublicPem(pem.clone()),
             (None, Some(secret)) => JwtKey::Secret(secret.clone()),
             (None, None) => {
@@ -338,10 +355,7 @@ fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigErr
         crate::auth::check_public_key(pem)
             .map_err(|reason| invalid("JWT_PUBLIC_KEY_FILE", "(file)", &reason))?;
     }
-    let max_ttl = parse_num::<u64>(get, "TOKEN_MAX_TTL_SECONDS", 86_400)?;
-    if max_ttl == 0 {
-        return Err(invalid("TOKEN_MAX_TTL_SECONDS", "0", "must be at least 1"));
-    }
+    let max_ttl = parse_in(get, "TOKEN_MAX_TTL_SECONDS", 86_400, TTL_RANGE)?;
     let tls = match (get("TLS_CERT_FILE"), get("TLS_KEY_FILE")) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some((cert, key)),
@@ -413,46 +427,47 @@ fn byte_rate_limit(
     get: &impl Fn(&str) -> Option<String>,
     max_message_bytes: usize,
 ) -> Result<Option<RateLimit>, ConfigError> {
-    let per_second = parse_num::<u32>(get, "RATE_LIMIT_BYTES_PER_SECOND", 256 * 1024)?;
-    let burst = parse_num::<u32>(get, "RATE_LIMIT_BYTES_BURST", 512 * 1024)?;
+    let per_second = parse_in(get, "RATE_LIMIT_BYTES_PER_SECOND", 256 * 1024, BYTE_RATE_RANGE)?;
     if per_second == 0 {
         return Ok(None);
     }
-    if (burst as usize) < max_message_bytes {
-        return Err(invalid(
-            "RATE_LIMIT_BYTES_BURST",
-            &burst.to_string(),
-            "must be at least MAX_MESSAGE_BYTES while RATE_LIMIT_BYTES_PER_SECOND is set",
-        ));
-    }
+    let burst_min = u32::try_from(max_message_bytes).unwrap_or(u32::MAX);
+    let burst = parse_in(
+        get,
+        "RATE_LIMIT_BYTES_BURST",
+        (512 * 1024).max(burst_min),
+        burst_min..=*BYTE_RATE_RANGE.end(),
+    )?;
     Ok(Some(RateLimit {
         per_second: f64::from(per_second),
         burst: f64::from(burst),
     }))
 }
 
-fn parse_num<T: std::str::FromStr>(
+/// Parses `var` as a number inside `range` (inclusive), `default` when unset. A
+/// value that does not parse or lies outside gets the same message, with the range.
+fn parse_in<T>(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
     default: T,
-) -> Result<T, ConfigError> {
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display,
+{
     match get(var) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| {
-            invalid(
-                var,
-                &v,
-                &format!("expected a whole number from 0 to {}", type_max::<T>()),
-            )
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| invalid(var, &v, &between(&range))),
     }
 }
 
-fn type_max<T>() -> &'static str {
-    match std::any::type_name::<T>() {
-        "u16" => "65535",
-        _ => "2^64-1",
-    }
+fn between<T: Display>(range: &RangeInclusive<T>) -> String {
+    format!("must be between {} and {}", range.start(), range.end())
 }
 
 fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTarget>, ConfigError> {
@@ -480,14 +495,8 @@ fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTar
             "expected a host name or address",
         ));
     }
-    let port = parse_num::<u16>(get, "REDIS_PORT", 6379)?;
-    let db = match get("REDIS_DB") {
-        None => 0,
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| invalid("REDIS_DB", &v, "expected a database number from 0"))?,
-    };
+    let port = parse_in(get, "REDIS_PORT", 6379, REDIS_PORT_RANGE)?;
+    let db = parse_in(get, "REDIS_DB", 0, REDIS_DB_RANGE)?;
     let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(db));
     if let Some(pw) = get("REDIS_PASSWORD") {
         settings = settings.set_password(pw);
@@ -651,6 +660,103 @@ mod tests {
             .security
             .allowed_origins
             .is_none());
+    }
+
+    /// Every numeric setting: (variable, lowest accepted, highest accepted, extra vars).
+    /// Each bound is accepted, one past it is refused with the range in the message.
+    type RangeCase = (
+        &'static str,
+        u64,
+        u64,
+        &'static [(&'static str, &'static str)],
+    );
+    const RANGES: &[RangeCase] = &[
+        ("PORT", 0, 65_535, &[]),
+        ("REDIS_PORT", 1, 65_535, &[]),
+        ("REDIS_DB", 0, 2_147_483_647, &[]),
+        ("ROOM_TTL_SECONDS", 1, 315_360_000, &[]),
+        ("TOKEN_MAX_TTL_SECONDS", 1, 315_360_000, &[]),
+        (
+            "MAX_MESSAGE_BYTES",
+            128,
+            16_777_216,
+            &[("MAX_QUEUE_BYTES", "16777216")],
+        ),
+        ("MAX_QUEUE_BYTES", 65_536, 1_073_741_824, &[]),
+        ("RATE_LIMIT_PER_SECOND", 0, 1_000_000, &[]),
+        ("RATE_LIMIT_BURST", 1, 1_000_000, &[]),
+        ("RATE_LIMIT_BYTES_PER_SECOND", 0, 1_073_741_824, &[]),
+        ("RATE_LIMIT_BYTES_BURST", 65_536, 1_073_741_824, &[]),
+        ("MAX_CONNECTIONS", 1, 1_000_000, &[]),
+        ("ALERT_CONNECTION_SPIKE", 1, 1_000_000, &[]),
+    ];
+
+    #[test]
+    fn every_number_has_an_inclusive_range() {
+        for (var, lo, hi, extra) in RANGES {
+            let with = |v: String| {
+                let mut vars: Vec<(&str, String)> = vec![(var, v)];
+                vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+                if var.starts_with("REDIS_") {
+                    vars.push(("REDIS_HOST", "127.0.0.1".to_owned()));
+                }
+                vars
+            };
+            let run = |v: String| {
+                let vars = with(v);
+                let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                parse(&refs)
+            };
+            for ok in [*lo, *hi] {
+                if let Err(e) = run(ok.to_string()) {
+                    panic!("{var}={ok} refused: {e}");
+                }
+            }
+            let range = format!("must be between {lo} and {hi}");
+            let mut bad = vec![
+                hi.saturating_add(1).to_string(),
+                "18446744073709551616".into(),
+            ];
+            if *lo > 0 {
+                bad.push((lo - 1).to_string());
+            }
+            for v in bad {
+                let e = run(v.clone())
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    e.starts_with(&format!("{var}=")) && e.ends_with(&range),
+                    "{var}={v}: {e:?} should end with {range:?}"
+                );
+            }
+        }
+        let e = err_text(&[("PING_INTERVAL_SECONDS", "3601")]);
+        assert!(e.ends_with("must be between 0.05 and 3600"), "{e}");
+        let e = err_text(&[("MAX_MESSAGE_BYTES", "2048"), ("MAX_QUEUE_BYTES", "1024")]);
+        assert!(
+            e.starts_with("MAX_QUEUE_BYTES=") && e.contains("must be between 2048 and"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_public_key_and_a_secret_together_are_refused() {
+        // Refused before the file is read, so the message is about the pair.
+        for mode in ["jwt", "none"] {
+            let e = err_text(&[
+                ("AUTH_MODE", mode),
+                ("JWT_SECRET", "s3cret"),
+                ("JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+            ]);
+            assert!(
+                e.contains("JWT_SECRET")
+                    && e.contains("JWT_PUBLIC_KEY_FILE")
+                    && e.contains("not both"),
+                "{e}"
+            );
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! breaking older nodes in a rolling update. The Lua scripts in `broker/lua/` build
 //! `K` and `L` envelopes themselves; they follow this format.
 
-use crate::ids::SessionId;
+use serde::Deserialize;
+
+use crate::ids::{is_valid_id, SessionId};
 
 /// Why a session is told to close by another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +136,71 @@ pub fn parse(text: &str) -> Option<Envelope<'_>> {
     }
 }
 
+/// Whether a clear envelope carries no client payload, so it may travel unsealed
+/// while `PAYLOAD_ENCRYPTION_KEY` is set (crypto.rs): a well-formed `K`, or a `J`/`L`
+/// whose body is exactly a membership frame about the member in its header, every
+/// field in its protocol form. Lua scripts build these inside Redis and cannot
+/// seal them; the strict shape keeps anything client-like from riding along.
+pub fn carries_no_client_payload(text: &str) -> bool {
+    match parse(text) {
+        Some(Envelope::Kick { .. }) => true,
+        Some(Envelope::Joined { member, frame, .. }) => {
+            membership::<JoinedPayload>(frame, "user_joined").is_some_and(|p| {
+                p.user_id == member
+                    && is_valid_id(&p.room_id)
+                    && matches!(p.role.as_str(), "peer" | "host" | "audience")
+                    && p.joined_at.len() <= 40
+                    && p.joined_at
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || "-:.TZ+".contains(c))
+            })
+        }
+        Some(Envelope::Left { member, frame, .. }) => membership::<LeftPayload>(frame, "user_left")
+            .is_some_and(|p| {
+                p.user_id == member
+                    && is_valid_id(&p.room_id)
+                    && matches!(
+                        p.reason.as_str(),
+                        "left" | "timeout" | "replaced" | "kicked" | "shutdown"
+                    )
+            }),
+        Some(Envelope::Frame { .. }) | None => false,
+    }
+}
+
+/// A membership frame, nothing more: `{"type":..,"payload":{..}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Membership<P> {
+    #[serde(rename = "type")]
+    kind: String,
+    payload: P,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinedPayload {
+    user_id: String,
+    room_id: String,
+    joined_at: String,
+    role: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeftPayload {
+    user_id: String,
+    room_id: String,
+    reason: String,
+}
+
+fn membership<P: serde::de::DeserializeOwned>(frame: &str, kind: &str) -> Option<P> {
+    serde_json::from_str::<Membership<P>>(frame)
+        .ok()
+        .filter(|m| m.kind == kind)
+        .map(|m| m.payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +241,36 @@ mod tests {
                 frame: "{}"
             })
         );
+    }
+
+    #[test]
+    fn only_membership_and_kicks_count_as_payload_free() {
+        let s = SessionId::new();
+        let joined_frame = crate::protocol::user_joined_frame(&crate::protocol::User {
+            user_id: "bob".into(),
+            room_id: "r1".into(),
+            joined_at: "2026-01-02T03:04:05.678Z".into(),
+            role: crate::protocol::Role::Peer,
+        });
+        assert!(carries_no_client_payload(&joined("bob", s, &joined_frame)));
+        let left_frame =
+            crate::protocol::user_left_frame("bob", "r1", crate::protocol::LeaveReason::Kicked);
+        assert!(carries_no_client_payload(&left("bob", s, &left_frame)));
+        assert!(carries_no_client_payload(&kick(s, KickReason::Replaced)));
+        // Frames, and membership envelopes smuggling anything else, are not.
+        assert!(!carries_no_client_payload(&frame(&joined_frame)));
+        assert!(!carries_no_client_payload(&joined("eve", s, &joined_frame)));
+        assert!(!carries_no_client_payload(&left("bob", s, &joined_frame)));
+        for body in [
+            r#"{"type":"message","from":"bob","payload":"hi"}"#,
+            r#"{"type":"user_left","payload":{"user_id":"bob","room_id":"r1","reason":"left","x":1}}"#,
+            r#"{"type":"user_left","payload":{"user_id":"bob","room_id":"r1","reason":"left"},"payload2":1}"#,
+            r#"{"type":"user_left","payload":{"user_id":"bob","room_id":"r 1","reason":"left"}}"#,
+            r#"{"type":"user_left","payload":{"user_id":"bob","room_id":"r1","reason":"<script>"}}"#,
+        ] {
+            assert!(!carries_no_client_payload(&left("bob", s, body)), "{body}");
+        }
+        assert!(!carries_no_client_payload("garbage"));
     }
 
     #[test]

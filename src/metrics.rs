@@ -31,6 +31,14 @@ pub const RELAY_PUBLISH_SECONDS: &str = "signal_relay_publish_seconds";
 pub const RELAY_DELIVERY_SECONDS: &str = "signal_relay_delivery_seconds";
 /// Whether Redis answers (gauge 0/1; 1 in standalone mode).
 pub const REDIS_UP: &str = "signal_redis_up";
+/// Redis commands that Redis answered with an error (WRONGTYPE, a script error),
+/// by `op` (counter). Not an outage: `signal_redis_up` stays 1.
+pub const REDIS_COMMAND_ERRORS: &str = "signal_redis_command_errors_total";
+/// Envelopes from Redis dropped because they may not be delivered, by `reason`
+/// (`clear`: not sealed though a payload key is set; `unopenable`: sealed for
+/// another channel or with another key; `no_key`: sealed, but this node has no key)
+/// (counter).
+pub const ENVELOPES_DROPPED: &str = "signal_envelopes_dropped_total";
 /// Redis command round trips by `op` (histogram, seconds).
 pub const REDIS_SECONDS: &str = "signal_redis_command_seconds";
 /// Redis connections rebuilt, by `connection` (subscriber, relay) (counter).
@@ -115,6 +123,16 @@ pub fn redis_op(op: &'static str, took: Duration) {
 /// Redis reachability changed.
 pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Redis answered the command `op` with an error.
+pub fn redis_command_failed(op: &'static str) {
+    counter!(REDIS_COMMAND_ERRORS, "op" => op).increment(1);
+}
+
+/// An envelope from Redis was dropped unread.
+pub fn envelope_dropped(reason: &'static str) {
+    counter!(ENVELOPES_DROPPED, "reason" => reason).increment(1);
 }
 
 /// A Redis connection was rebuilt.

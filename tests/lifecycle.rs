@@ -216,3 +216,77 @@ async fn standalone_node_announces_its_mode() {
         node.log()
     );
 }
+
+/// Spawns a node with `env` and asserts it exits non-zero with exactly one line of
+/// output that names every variable in `vars` (a misconfigured node must say what
+/// to fix in one line, not start and fail every request).
+async fn assert_refused_in_one_line(env: &[(&str, &str)], vars: &[&str], reason: &str) {
+    let node = TestNode::spawn(None, &key_prefix(), env);
+    let status = node.wait_exit(DRAIN).await.unwrap_or_else(|| {
+        panic!(
+            "node with {env:?} still running after {DRAIN:?}; log:\n{}",
+            node.log()
+        )
+    });
+    let log = node.log();
+    assert!(
+        !status.success(),
+        "node with {env:?} exited with success; log:\n{log}"
+    );
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line for {env:?}, got:\n{log}");
+    assert!(
+        lines[0].starts_with("signal-node: configuration error: "),
+        "{}",
+        lines[0]
+    );
+    for var in vars {
+        assert!(lines[0].contains(var), "{} does not name {var}", lines[0]);
+    }
+    assert!(
+        lines[0].contains(reason),
+        "{} does not say {reason:?}",
+        lines[0]
+    );
+}
+
+/// Numbers that parse but that Redis or time arithmetic cannot use (a TTL of
+/// 2^64-1 seconds) stop the node at startup, with the accepted range in the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_numbers_are_refused_in_one_line() {
+    for var in ["ROOM_TTL_SECONDS", "TOKEN_MAX_TTL_SECONDS"] {
+        assert_refused_in_one_line(
+            &[(var, "18446744073709551615")],
+            &[var],
+            "must be between 1 and ",
+        )
+        .await;
+    }
+    assert_refused_in_one_line(
+        &[("MAX_CONNECTIONS", "99999999999")],
+        &["MAX_CONNECTIONS"],
+        "must be between 1 and ",
+    )
+    .await;
+}
+
+/// JWT_SECRET and JWT_PUBLIC_KEY_FILE together are refused: POST /tokens would
+/// mint HS256 tokens that the node (verifying with the public key) refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_secret_with_public_key_is_refused() {
+    let key = rcgen::KeyPair::generate().expect("generate a P-256 key");
+    let dir = TempDir::new();
+    let public = dir.write("public.pem", key.public_key_pem().as_bytes());
+    for mode in ["jwt", "none"] {
+        assert_refused_in_one_line(
+            &[
+                ("AUTH_MODE", mode),
+                ("JWT_SECRET", "s3cret"),
+                ("JWT_PUBLIC_KEY_FILE", &public),
+            ],
+            &["JWT_SECRET", "JWT_PUBLIC_KEY_FILE"],
+            "not both",
+        )
+        .await;
+    }
+}

@@ -331,3 +331,69 @@ async fn redis_loss_and_recovery_are_logged_once() {
         "the loss must be logged per state change, not per retry: {errors} lines"
     );
 }
+
+/// A Redis command that fails while Redis answers (WRONGTYPE: a room key holding a
+/// string) is a command failure, not an outage: the node logs it at ERROR with the
+/// command's name, answers `unavailable` / 503 as for any store failure, and keeps
+/// `signal_redis_up` at 1 and `/readyz` at 200, so no false RedisDown alert fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_command_errors_are_not_outages() {
+    let c = Cluster::redis(1).await;
+    let node = c.node(0);
+    let redis = c.redis_server();
+    let (room, poisoned) = (room_id(), room_id());
+    let (mut alice, _) = TestClient::connect_join(node, &room, "alice").await;
+    let (mut bob, _) = TestClient::connect_join(node, &room, "bob").await;
+    alice.expect_type("user_joined").await;
+
+    // A join whose room key is a string: the join script fails with WRONGTYPE.
+    redis.cli(&["SET", &c.room_key(&poisoned), "x"]);
+    let mut carol = TestClient::connect(&node.ws_url(&poisoned, "carol")).await;
+    carol.expect_error_then_close("unavailable", 1013).await;
+    // The same room over REST: 503 with the JSON error body.
+    let (status, body) = node.get(&format!("/rooms/{poisoned}/users")).await;
+    assert_eq!(status, 503, "GET /rooms/{poisoned}/users: {body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // A relay in a room whose key turned into a string: the relay script fails.
+    redis.cli(&["DEL", &c.room_key(&room)]);
+    redis.cli(&["SET", &c.room_key(&room), "x"]);
+    alice
+        .send_json(json!({"type": "message", "target": "bob", "payload": {"n": 1}, "id": 1}))
+        .await;
+    alice.expect_error("unavailable").await;
+
+    for op in ["join", "room_users", "relay"] {
+        assert!(
+            node.wait_for_log_line(
+                |l| l.contains("ERROR")
+                    && l.contains("redis command failed")
+                    && l.contains(&format!("op=\"{op}\"")),
+                TIMEOUT
+            )
+            .await,
+            "no ERROR line naming the failed command {op}:\n{}",
+            node.log()
+        );
+    }
+    let metrics = metrics_of(node).await;
+    assert_eq!(
+        sample(&metrics, "signal_redis_up", &[]),
+        Some(1.0),
+        "Redis answered every command; signal_redis_up must stay 1:\n{metrics}"
+    );
+    for op in ["join", "relay"] {
+        assert!(
+            sample(&metrics, "signal_redis_command_errors_total", &[("op", op)])
+                .is_some_and(|n| n >= 1.0),
+            "no command error counted for {op}:\n{metrics}"
+        );
+    }
+    let (status, body) = node.get("/readyz").await;
+    assert_eq!(status, 200, "/readyz after command errors: {body}");
+    let log = node.log();
+    assert!(
+        !log.to_lowercase().contains("unreachable"),
+        "a command error was reported as Redis being unreachable:\n{log}"
+    );
+    bob.expect_silence(QUIET).await;
+}

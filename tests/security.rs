@@ -1203,6 +1203,28 @@ async fn token_ttl_is_capped_by_token_max_ttl() {
     assert_instant(&reply["expires_at"], 20, 35, "expires_at (ttl 30)");
 }
 
+/// `ttl_seconds` is client input: 0, negative, fractional or past u64 is a 400
+/// JSON error, and the largest u64 is capped (no overflow into a bad expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_ttl_out_of_range_is_refused_with_400() {
+    let c = Cluster::standalone_with(&[("ADMIN_TOKEN", ADMIN), ("JWT_SECRET", SECRET)]).await;
+    for ttl in [json!(0), json!(-1), json!(1.5), json!(1e20), json!("60")] {
+        let body = json!({"user_id": "alice", "room_id": "r1", "ttl_seconds": ttl});
+        let (status, reply) = admin(c.node(0), "POST", "/tokens", Some(body.clone())).await;
+        assert_http_error(
+            status,
+            &reply,
+            400,
+            "invalid_request",
+            &format!("POST /tokens {body}"),
+        );
+    }
+    let body = json!({"user_id": "alice", "room_id": "r1", "ttl_seconds": u64::MAX});
+    let (status, reply) = admin(c.node(0), "POST", "/tokens", Some(body)).await;
+    assert_eq!(status, 201, "POST /tokens ttl u64::MAX (body {reply})");
+    assert_instant(&reply["expires_at"], 86_390, 86_410, "expires_at (capped)");
+}
+
 /// Without JWT_SECRET, POST /tokens answers 409 tokens_disabled (also in jwt mode with a public key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_disabled_without_jwt_secret() {
@@ -2596,8 +2618,8 @@ async fn payloads_cross_redis_encrypted() {
         .await;
 
     // The taps did see the traffic to bob and to alice...
-    let bob_channel = format!("{prefix}ch:user:bob");
-    let alice_channel = format!("{prefix}ch:user:alice");
+    let bob_channel = user_channel(&prefix, "", "bob");
+    let alice_channel = user_channel(&prefix, "", "alice");
     let (taps, channels) = (&(&monitor, &published), &(&bob_channel, &alice_channel));
     eventually(
         TIMEOUT,
@@ -2726,6 +2748,222 @@ async fn a_node_with_another_encryption_key_fails_loudly() {
             now,
             (200, 503),
             "/readyz of (first node, node with another key) later on"
+        );
+    }
+}
+
+/// The channel `user`'s envelopes are published on: the one place these tests
+/// name it (the layout may move to per-room channels; `room` is there for that).
+fn user_channel(prefix: &str, _room: &str, user: &str) -> String {
+    format!("{prefix}user:{{{user}}}:ch")
+}
+
+/// The sealed envelopes (`E ...`) a tap subscribed to one channel has seen, in order.
+fn sealed_envelopes(tap: &RedisTap) -> Vec<String> {
+    tap.text()
+        .split("\r\n")
+        .filter(|part| part.starts_with("E "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `GET /metrics` of `node`, as text.
+async fn metrics_text(node: &TestNode) -> String {
+    let reply = node.request("GET", "/metrics", &[], None).await;
+    assert_eq!(reply.status, 200, "GET /metrics: {}", reply.text);
+    reply.text
+}
+
+/// With PAYLOAD_ENCRYPTION_KEY, a clear frame envelope published into Redis on a
+/// user's channel (or a clear membership envelope smuggling a frame) is dropped:
+/// the next thing the user sees is the legitimate message sent after it. The drop
+/// is counted and logged at WARN, without the injected text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_envelopes_are_refused_when_a_key_is_set() {
+    let redis = RedisServer::start();
+    let prefix = key_prefix();
+    let key = encryption_key();
+    let nodes = start_nodes(&redis, &prefix, 1, &[("PAYLOAD_ENCRYPTION_KEY", &key)]).await;
+    let node = &nodes[0];
+    let room = room_id();
+    let (mut alice, _) = join(node, &room, "alice").await;
+    let (mut bob, bob_user) = join(node, &room, "bob").await;
+    alice.expect_frame(&user_joined(&bob_user)).await;
+
+    let channel = user_channel(&prefix, &room, "bob");
+    let marker = format!("INJECTED{}", uuid::Uuid::new_v4().simple());
+    let forged =
+        json!({"type": "message", "from": "alice", "target": "bob", "payload": marker}).to_string();
+    let session = uuid::Uuid::new_v4();
+    for envelope in [
+        format!("F 0\n{forged}"),
+        format!("J alice {session}\n{forged}"),
+    ] {
+        assert_eq!(
+            redis.cli(&["PUBLISH", &channel, &envelope]).trim(),
+            "1",
+            "the node must be subscribed to {channel}"
+        );
+    }
+    alice
+        .send_json(json!({"type": "message", "target": "bob", "payload": "real"}))
+        .await;
+    bob.expect_frame(&relayed("message", "alice", Some("bob"), json!("real")))
+        .await;
+
+    let metrics = metrics_text(node).await;
+    assert!(
+        metrics.contains("signal_envelopes_dropped_total{reason=\"clear\"} 2"),
+        "two clear envelopes must be counted as dropped:\n{metrics}"
+    );
+    assert!(
+        node.wait_for_log_line(
+            |l| l.contains("WARN") && l.contains("dropping an envelope"),
+            TIMEOUT
+        )
+        .await,
+        "no WARN about the dropped envelope:\n{}",
+        node.log()
+    );
+    assert!(
+        !node.log().contains(&marker),
+        "the dropped envelope's text reached the log"
+    );
+}
+
+/// A sealed envelope is bound to its channel: copies captured on alice's channel
+/// (a directed message and her copy of a broadcast), re-published on bob's channel
+/// in the same room, never reach bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_envelopes_cannot_be_replayed_to_another_user() {
+    let redis = RedisServer::start();
+    let prefix = key_prefix();
+    let key = encryption_key();
+    let nodes = start_nodes(&redis, &prefix, 1, &[("PAYLOAD_ENCRYPTION_KEY", &key)]).await;
+    let node = &nodes[0];
+    let room = room_id();
+    let (mut alice, _) = join(node, &room, "alice").await;
+    let (mut bob, bob_user) = join(node, &room, "bob").await;
+    alice.expect_frame(&user_joined(&bob_user)).await;
+    let (mut carol, carol_user) = join(node, &room, "carol").await;
+    alice.expect_frame(&user_joined(&carol_user)).await;
+    bob.expect_frame(&user_joined(&carol_user)).await;
+
+    let alice_channel = user_channel(&prefix, &room, "alice");
+    let tap = RedisTap::start(redis.port(), &["SUBSCRIBE", &alice_channel]).await;
+    carol
+        .send_json(json!({"type": "message", "target": "alice", "payload": "for-alice"}))
+        .await;
+    alice
+        .expect_frame(&relayed(
+            "message",
+            "carol",
+            Some("alice"),
+            json!("for-alice"),
+        ))
+        .await;
+    carol
+        .send_json(json!({"type": "message", "payload": "to-all"}))
+        .await;
+    let broadcast = relayed("message", "carol", None, json!("to-all"));
+    alice.expect_frame(&broadcast).await;
+    bob.expect_frame(&broadcast).await;
+    let tap_ref = &tap;
+    eventually(
+        TIMEOUT,
+        "the tap to see alice's two sealed envelopes",
+        move || async move { sealed_envelopes(tap_ref).len() >= 2 },
+    )
+    .await;
+
+    let bob_channel = user_channel(&prefix, &room, "bob");
+    for sealed in sealed_envelopes(&tap) {
+        assert_eq!(redis.cli(&["PUBLISH", &bob_channel, &sealed]).trim(), "1");
+    }
+    carol
+        .send_json(json!({"type": "message", "target": "bob", "payload": "real"}))
+        .await;
+    bob.expect_frame(&relayed("message", "carol", Some("bob"), json!("real")))
+        .await;
+    let metrics = metrics_text(node).await;
+    assert!(
+        metrics.contains("signal_envelopes_dropped_total{reason=\"unopenable\"} 2"),
+        "the two replays must be counted as dropped:\n{metrics}"
+    );
+}
+
+/// With PAYLOAD_ENCRYPTION_KEY on two nodes, every envelope kind still works across
+/// them: joins (`J`), directed and broadcast frames (`F`, sealed), an admin kick and
+/// a room close (`K` and `L`, some built by Lua), a replacement across nodes and a
+/// leave; and nothing legitimate is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_envelope_kind_works_with_a_key() {
+    let redis = RedisServer::start();
+    let prefix = key_prefix();
+    let key = encryption_key();
+    let env = [
+        ("PAYLOAD_ENCRYPTION_KEY", key.as_str()),
+        ("ADMIN_TOKEN", ADMIN),
+    ];
+    let nodes = start_nodes(&redis, &prefix, 2, &env).await;
+    let room = room_id();
+    let (mut alice, _) = join(&nodes[0], &room, "alice").await;
+    let (mut bob, bob_user) = join(&nodes[1], &room, "bob").await;
+    alice.expect_frame(&user_joined(&bob_user)).await;
+
+    alice
+        .send_json(json!({"type": "sdp_offer", "target": "bob", "payload": {"sdp": "x"}}))
+        .await;
+    bob.expect_frame(&relayed(
+        "sdp_offer",
+        "alice",
+        Some("bob"),
+        json!({"sdp": "x"}),
+    ))
+    .await;
+    bob.send_json(json!({"type": "broadcast", "payload": 7}))
+        .await;
+    alice
+        .expect_frame(&relayed("broadcast", "bob", None, json!(7)))
+        .await;
+
+    let (mut carol, carol_user) = join(&nodes[1], &room, "carol").await;
+    alice.expect_frame(&user_joined(&carol_user)).await;
+    bob.expect_frame(&user_joined(&carol_user)).await;
+    let (status, body) = admin(
+        &nodes[0],
+        "DELETE",
+        &format!("/rooms/{room}/users/carol"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "kick carol: {body}");
+    carol.expect_error_then_close("kicked", 4410).await;
+    alice
+        .expect_frame(&user_left("carol", &room, "kicked"))
+        .await;
+    bob.expect_frame(&user_left("carol", &room, "kicked")).await;
+
+    // bob again, on the other node: the old session is replaced.
+    let (bob2, bob2_user) = join(&nodes[0], &room, "bob").await;
+    bob.expect_error_then_close("replaced", 4409).await;
+    alice.expect_frame(&user_joined(&bob2_user)).await;
+    bob2.close().await;
+    alice.expect_frame(&user_left("bob", &room, "left")).await;
+
+    let (status, body) = admin(&nodes[1], "DELETE", &format!("/rooms/{room}"), None).await;
+    assert!(
+        status == 200 || status == 204,
+        "close the room: {status} {body}"
+    );
+    alice.expect_error_then_close("kicked", 4410).await;
+
+    for node in &nodes {
+        let metrics = metrics_text(node).await;
+        assert!(
+            !metrics.contains("signal_envelopes_dropped_total"),
+            "{} dropped a legitimate envelope:\n{metrics}",
+            node.node_id()
         );
     }
 }

@@ -17,12 +17,25 @@ use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::{LeaveReason, Role, User, UserInfo};
 
 /// A failure of the shared state store. Sessions answer it with `unavailable`,
-/// HTTP with 503.
+/// HTTP with 503. Outages ([`BrokerError::is_outage`]) and commands Redis answered
+/// with an error are told apart, so only a real outage turns `signal_redis_up` to 0
+/// (a WRONGTYPE must not page anyone with a false RedisDown).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// Redis answered with an error or the connection failed.
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    /// Redis could not be reached or cannot serve now: I/O, a refused or dropped
+    /// connection, a timeout, a parse failure on the wire, failed authentication,
+    /// or a server that is loading, failing over or read-only.
+    #[error("redis unreachable: {0}")]
+    Unreachable(::redis::RedisError),
+    /// Redis answered this command (or script) with an error: WRONGTYPE, an
+    /// out-of-range argument, a script error. Redis itself is up.
+    #[error("redis command {op} failed: {source}")]
+    Command {
+        /// The command or script, as named by the broker (`join`, `relay`, ...).
+        op: &'static str,
+        #[source]
+        source: ::redis::RedisError,
+    },
     /// No pooled connection could be had.
     #[error("redis pool: {0}")]
     Pool(String),
@@ -35,6 +48,63 @@ pub enum BrokerError {
     /// Redis returned something the scripts never return.
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+}
+
+impl From<::redis::RedisError> for BrokerError {
+    /// Classifies a redis-rs error; the command name is filled in by the broker.
+    fn from(e: ::redis::RedisError) -> Self {
+        if is_outage(&e) {
+            Self::Unreachable(e)
+        } else {
+            Self::Command {
+                op: "redis",
+                source: e,
+            }
+        }
+    }
+}
+
+impl BrokerError {
+    /// Whether this says Redis is unreachable or cannot serve (as opposed to one
+    /// command failing on a server that answered, or a malformed reply).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Pool(_) | Self::Timeout(_) | Self::SubscriberDown => true,
+            Self::Command { .. } | Self::Reply(_) => false,
+        }
+    }
+
+    /// Names the command a [`BrokerError::Command`] came from.
+    pub fn in_op(self, op: &'static str) -> Self {
+        match self {
+            Self::Command { source, .. } => Self::Command { op, source },
+            other => other,
+        }
+    }
+}
+
+/// Whether a redis-rs error means the server is unreachable or cannot serve now
+/// (retrying elsewhere or later helps), rather than that it refused this command.
+fn is_outage(e: &::redis::RedisError) -> bool {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        ErrorKind::Parse
+            | ErrorKind::AuthenticationFailed
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::MasterNameNotFoundBySentinel
+            | ErrorKind::NoValidReplicasFoundBySentinel
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ReadOnly
+            )
+    )
 }
 
 /// A session asking to become a member of a room.
@@ -304,4 +374,39 @@ impl Broker {
 /// Orders members as clients expect to see them: oldest first.
 fn sort_members(members: &mut [Member]) {
     members.sort_by(|(a, _), (b, _)| (&a.joined_at, &a.user_id).cmp(&(&b.joined_at, &b.user_id)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn lost_connections_are_outages_and_answered_errors_are_not() {
+        let io = |kind| BrokerError::from(RedisError::from(std::io::Error::from(kind)));
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(io(kind).is_outage(), "{kind:?}");
+        }
+        let server = |kind| BrokerError::from(RedisError::from((kind, "x")));
+        assert!(server(ErrorKind::Server(ServerErrorKind::BusyLoading)).is_outage());
+        assert!(server(ErrorKind::AuthenticationFailed).is_outage());
+        for kind in [
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            ErrorKind::Extension,
+            ErrorKind::UnexpectedReturnType,
+        ] {
+            let e = server(kind).in_op("join");
+            assert!(!e.is_outage(), "{kind:?}");
+            assert!(
+                e.to_string().starts_with("redis command join failed"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -50,6 +50,7 @@ pub(super) struct Scripts {
     pub(super) leave: Script,
     pub(super) relay: Script,
     pub(super) broadcast: Script,
+    pub(super) broadcast_sealed: Script,
     pub(super) room_users: Script,
     pub(super) restore: Script,
     pub(super) heartbeat: Script,
@@ -67,6 +68,7 @@ impl Scripts {
             leave: Script::new(include_str!("lua/leave.lua")),
             relay: Script::new(include_str!("lua/relay.lua")),
             broadcast: Script::new(include_str!("lua/broadcast.lua")),
+            broadcast_sealed: Script::new(include_str!("lua/broadcast_sealed.lua")),
             room_users: Script::new(include_str!("lua/room_users.lua")),
             restore: Script::new(include_str!("lua/restore.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -90,6 +92,8 @@ pub struct RedisBroker {
     pub(super) scripts: Scripts,
     /// Last known reachability, so a loss and a recovery are each logged once.
     reachable: AtomicBool,
+    /// Throttles the ERROR lines of commands Redis answered with an error.
+    command_errors: CommandErrorLog,
     /// Seals relayed frames (`PAYLOAD_ENCRYPTION_KEY`).
     cipher: Option<Arc<PayloadCipher>>,
     /// Whether this node's payload key was compared with the cluster's, and matched:
@@ -146,6 +150,7 @@ impl RedisBroker {
             subscriber,
             scripts: Scripts::load(),
             reachable: AtomicBool::new(true),
+            command_errors: CommandErrorLog::default(),
             cipher,
             key_state: AtomicU8::new(KEY_UNCHECKED),
         })
@@ -166,9 +171,9 @@ impl RedisBroker {
         self.subscriber.is_connected()
     }
 
-    /// Seals an envelope when payload encryption is on.
-    pub(super) fn seal(&self, envelope: String) -> String {
-        crypto::seal(self.cipher.as_deref(), envelope)
+    /// Seals an envelope for `channel` when payload encryption is on.
+    pub(super) fn seal(&self, channel: &str, envelope: String) -> String {
+        crypto::seal(self.cipher.as_deref(), channel, envelope)
     }
 
     /// Compares this node's payload key with the cluster's (the first node to ask
@@ -181,7 +186,7 @@ impl RedisBroker {
             .map_or_else(|| "none".to_owned(), |c| c.key_check());
         let key = self.keys.payload_key_check();
         let stored = self
-            .pooled(async |conn| {
+            .pooled("payload_key_check", async |conn| {
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(&mine)
@@ -205,38 +210,50 @@ impl RedisBroker {
         Ok(ok)
     }
 
-    /// Records the outcome of a command; logs only changes of reachability.
-    pub(super) fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    /// Records the outcome of command `op`. Reachability is logged once per change;
+    /// a command Redis answered with an error proves Redis reachable, and is logged
+    /// (throttled per command) and counted as a command failure instead.
+    pub(super) fn note<T>(
+        &self,
+        op: &'static str,
+        result: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let result = result.map_err(|e| e.in_op(op));
         match &result {
-            Ok(_) => {
+            Err(e) if e.is_outage() => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    crate::metrics::redis_up(false);
+                    tracing::error!(error = %e, "redis unreachable: relays answer `unavailable`, joins are refused with 1013");
+                }
+            }
+            answered => {
                 if !self.reachable.swap(true, Ordering::AcqRel) {
                     crate::metrics::redis_up(true);
                     tracing::info!("redis reachable again");
                 }
-            }
-            Err(e) => {
-                if self.reachable.swap(false, Ordering::AcqRel) {
-                    crate::metrics::redis_up(false);
-                    tracing::error!(error = %e, "redis unreachable: relays answer `unavailable`, joins are refused with 1013");
+                if let Err(BrokerError::Command { op, source }) = answered {
+                    crate::metrics::redis_command_failed(op);
+                    self.command_errors.report(op, source);
                 }
             }
         }
         result
     }
 
-    /// Runs `op` on a pooled connection and records whether Redis answered, so
+    /// Runs `run` on a pooled connection and records whether Redis answered, so
     /// every control-plane command shares one checkout, error mapping and
-    /// reachability log.
+    /// reachability log. `op` names the command in logs and metrics.
     pub(super) async fn pooled<T>(
         &self,
-        op: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BrokerError>,
+        op: &'static str,
+        run: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         let result = async {
             let mut conn = self.conn().await?;
-            op(&mut conn).await
+            run(&mut conn).await
         }
         .await;
-        self.note(result)
+        self.note(op, result)
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
@@ -255,14 +272,17 @@ impl RedisBroker {
     }
 
     pub(super) async fn join(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
-        let joined = self.seal(envelope::joined(
+        // Clear even with a payload key: the script publishes this one text to every
+        // member's channel, so it cannot be sealed per channel, and it carries no
+        // client payload (crypto.rs: membership may travel clear).
+        let joined = envelope::joined(
             req.user.as_str(),
             req.session,
             &user_joined_frame(&req.user_object()),
-        ));
+        );
         let started = std::time::Instant::now();
         let result = self
-            .pooled(async |conn| {
+            .pooled("join", async |conn| {
                 let reply: Vec<String> = self
                     .scripts
                     .join
@@ -311,7 +331,7 @@ impl RedisBroker {
     ) -> Result<bool, BrokerError> {
         let started = std::time::Instant::now();
         let result = self
-            .pooled(async |conn| {
+            .pooled("leave", async |conn| {
                 let removed: i64 = self
                     .scripts
                     .leave
@@ -347,7 +367,7 @@ impl RedisBroker {
         if let Err(e) = &result {
             self.relay.failed(generation, e);
         }
-        self.note(result.map_err(BrokerError::from))
+        self.note(op, result.map_err(BrokerError::from))
     }
 
     /// A PING over the relay connection, run with every heartbeat so a dead
@@ -376,11 +396,12 @@ impl RedisBroker {
         target: &str,
         frame: &str,
     ) -> Result<RelayOutcome, BrokerError> {
-        let envelope = self.seal(envelope::frame(frame));
+        let channel = self.keys.user_channel(target);
+        let envelope = self.seal(&channel, envelope::frame(frame));
         let mut invocation = self.scripts.relay.prepare_invoke();
         invocation
             .key(self.keys.room(room.as_str()))
-            .key(self.keys.user_channel(target))
+            .key(channel)
             .arg(target)
             .arg(envelope);
         let n = self.relay_call("relay", &invocation).await?;
@@ -397,7 +418,10 @@ impl RedisBroker {
         sender: &UserId,
         frame: &str,
     ) -> Result<usize, BrokerError> {
-        let envelope = self.seal(envelope::frame(frame));
+        if let Some(cipher) = &self.cipher {
+            return self.relay_to_room_sealed(cipher, room, sender, frame).await;
+        }
+        let envelope = envelope::frame(frame);
         let mut invocation = self.scripts.broadcast.prepare_invoke();
         invocation
             .key(self.keys.room(room.as_str()))
@@ -408,9 +432,51 @@ impl RedisBroker {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// A broadcast with payload encryption: each member's copy is sealed for its own
+    /// channel, so one member's copy cannot be replayed to another. That needs the
+    /// member list first: one SMEMBERS, then one script that publishes each copy if
+    /// its member is still in the room.
+    async fn relay_to_room_sealed(
+        &self,
+        cipher: &PayloadCipher,
+        room: &RoomId,
+        sender: &UserId,
+        frame: &str,
+    ) -> Result<usize, BrokerError> {
+        let room_key = self.keys.room(room.as_str());
+        let members: Vec<String> = {
+            let (generation, mut conn) = self.relay.get();
+            let started = std::time::Instant::now();
+            let result = redis::cmd("SMEMBERS")
+                .arg(&room_key)
+                .query_async::<Vec<String>>(&mut conn)
+                .await;
+            crate::metrics::redis_op("broadcast_members", started.elapsed());
+            if let Err(e) = &result {
+                self.relay.failed(generation, e);
+            }
+            self.note("broadcast_members", result.map_err(BrokerError::from))?
+        };
+        let envelope = envelope::frame(frame);
+        let mut invocation = self.scripts.broadcast_sealed.prepare_invoke();
+        invocation.key(room_key);
+        let mut copies = 0;
+        for member in members.iter().filter(|m| m.as_str() != sender.as_str()) {
+            let channel = self.keys.user_channel(member);
+            let sealed = cipher.seal(&channel, &envelope);
+            invocation.key(channel).arg(member).arg(sealed);
+            copies += 1;
+        }
+        if copies == 0 {
+            return Ok(0);
+        }
+        let n = self.relay_call("broadcast", &invocation).await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     pub(super) async fn room_members(&self, room: &RoomId) -> Result<Vec<Member>, BrokerError> {
         let result = self
-            .pooled(async |conn| {
+            .pooled("room_users", async |conn| {
                 let reply: Vec<String> = self
                     .scripts
                     .room_users
@@ -429,7 +495,7 @@ impl RedisBroker {
 
     pub(super) async fn user(&self, user: &UserId) -> Result<Option<UserInfo>, BrokerError> {
         let fields = self
-            .pooled(async |conn| {
+            .pooled("user", async |conn| {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
                     .arg(self.keys.user(user.as_str()))
                     .arg(&["room_id", "joined_at", "role", "node_id"])
@@ -478,7 +544,7 @@ impl RedisBroker {
                 .arg(self.ttl_secs)
                 .ignore();
         }
-        self.pooled(async |conn| {
+        self.pooled("refresh", async |conn| {
             pipe.query_async::<()>(&mut *conn).await?;
             Ok(())
         })
@@ -510,7 +576,7 @@ impl RedisBroker {
     /// a survivor had declared this node dead and evicted its sessions meanwhile.
     pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BrokerError> {
         let me = self.node_id.as_str();
-        self.pooled(async |conn| {
+        self.pooled("heartbeat", async |conn| {
             let dead: i64 = self
                 .scripts
                 .heartbeat
@@ -532,7 +598,7 @@ impl RedisBroker {
     /// Removes this node from the registry at a clean shutdown.
     pub async fn deregister(&self) -> Result<(), BrokerError> {
         let me = self.node_id.as_str();
-        self.pooled(async |conn| {
+        self.pooled("deregister", async |conn| {
             redis::pipe()
                 .atomic()
                 .del(self.keys.node(me))
@@ -549,7 +615,7 @@ impl RedisBroker {
     /// The heartbeat values (JSON) of every live node.
     pub async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
         let values = self
-            .pooled(async |conn| {
+            .pooled("live_nodes", async |conn| {
                 let ids: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(self.keys.nodes())
                     .query_async(&mut *conn)
@@ -573,7 +639,7 @@ impl RedisBroker {
     /// Redis's `used_memory` (INFO memory), in bytes.
     pub async fn used_memory(&self) -> Result<Option<u64>, BrokerError> {
         let info = self
-            .pooled(async |conn| {
+            .pooled("used_memory", async |conn| {
                 let info: String = redis::cmd("INFO")
                     .arg("memory")
                     .query_async(&mut *conn)
@@ -589,7 +655,7 @@ impl RedisBroker {
 
     /// Registered nodes whose heartbeat expired.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, BrokerError> {
-        self.pooled(async |conn| {
+        self.pooled("dead_nodes", async |conn| {
             let dead: Vec<String> = self
                 .scripts
                 .dead_nodes
@@ -607,7 +673,7 @@ impl RedisBroker {
     /// how many were evicted; zero when another survivor claimed it first.
     pub async fn clean_dead_node(&self, node: &str) -> Result<usize, BrokerError> {
         let flat = self
-            .pooled(async |conn| {
+            .pooled("claim_dead", async |conn| {
                 let flat: Vec<String> = self
                     .scripts
                     .claim_dead
@@ -629,7 +695,7 @@ impl RedisBroker {
     /// and restarted before anyone cleaned up), sparing the live local ones.
     pub async fn clean_previous_run(&self, registry: &Registry) -> Result<usize, BrokerError> {
         let flat = self
-            .pooled(async |conn| {
+            .pooled("previous_sessions", async |conn| {
                 let flat: Vec<String> = redis::cmd("HGETALL")
                     .arg(self.keys.node_sessions(self.node_id.as_str()))
                     .query_async(&mut *conn)
@@ -668,7 +734,7 @@ impl RedisBroker {
         user: &UserId,
         handle: &SessionHandle,
     ) -> Result<bool, BrokerError> {
-        self.pooled(async |conn| {
+        self.pooled("restore", async |conn| {
             let restored: i64 = self
                 .scripts
                 .restore
@@ -687,6 +753,50 @@ impl RedisBroker {
             Ok(restored == 1)
         })
         .await
+    }
+}
+
+/// How often one command's failures are logged after the first: a key of the wrong
+/// type fails every relay in its room, which must not flood the log at ERROR.
+const COMMAND_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Per-command throttle of "redis command failed" lines: the first failure of a
+/// command is logged at once, later ones at most every
+/// [`COMMAND_ERROR_LOG_INTERVAL`] with how many were not logged in between.
+#[derive(Default)]
+struct CommandErrorLog {
+    /// Per command: when it was last logged and the failures since.
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl CommandErrorLog {
+    fn report(&self, op: &'static str, error: &redis::RedisError) {
+        let now = std::time::Instant::now();
+        let suppressed = {
+            // Plain bookkeeping: a panic elsewhere cannot leave it inconsistent.
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            match last.get_mut(op) {
+                Some((at, skipped)) if now.duration_since(*at) < COMMAND_ERROR_LOG_INTERVAL => {
+                    *skipped += 1;
+                    return;
+                }
+                Some((at, skipped)) => {
+                    *at = now;
+                    std::mem::take(skipped)
+                }
+                None => {
+                    last.insert(op, (now, 0));
+                    0
+                }
+            }
+        };
+        tracing::error!(
+            op,
+            code = error.code().unwrap_or("-"),
+            %error,
+            not_logged_since_last = suppressed,
+            "redis command failed: Redis answered with an error (it is reachable); the caller got `unavailable`"
+        );
     }
 }
 

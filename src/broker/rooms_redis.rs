@@ -10,7 +10,7 @@ use crate::protocol::LeaveReason;
 impl RedisBroker {
     pub(super) async fn room_meta(&self, room: &RoomId) -> Result<Option<RoomMeta>, BrokerError> {
         let fields = self
-            .pooled(async |conn| {
+            .pooled("room_meta", async |conn| {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
                     .arg(self.keys.room_meta(room.as_str()))
                     .arg(&[
@@ -48,7 +48,7 @@ impl RedisBroker {
     pub(super) async fn room_info(&self, room: &RoomId) -> Result<Option<RoomInfo>, BrokerError> {
         let meta = self.room_meta(room).await?;
         let count = self
-            .pooled(async |conn| {
+            .pooled("room_info", async |conn| {
                 let count: usize = redis::cmd("SCARD")
                     .arg(self.keys.room(room.as_str()))
                     .query_async(&mut *conn)
@@ -64,7 +64,7 @@ impl RedisBroker {
         room: &RoomId,
         meta: &RoomMeta,
     ) -> Result<bool, BrokerError> {
-        self.pooled(async |conn| {
+        self.pooled("create_room", async |conn| {
             let created: i64 = self
                 .scripts
                 .create_room
@@ -87,7 +87,7 @@ impl RedisBroker {
 
     pub(super) async fn close_room(&self, room: &RoomId) -> Result<Option<usize>, BrokerError> {
         let kicked = self
-            .pooled(async |conn| {
+            .pooled("close_room", async |conn| {
                 let kicked: i64 = self
                     .scripts
                     .close_room
@@ -106,7 +106,7 @@ impl RedisBroker {
 
     pub(super) async fn kick(&self, room: &RoomId, user: &UserId) -> Result<bool, BrokerError> {
         let fields = self
-            .pooled(async |conn| {
+            .pooled("kick_lookup", async |conn| {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
                     .arg(self.keys.user(user.as_str()))
                     .arg(&["room_id", "session_id"])
@@ -130,7 +130,7 @@ impl RedisBroker {
         }
         if let Some(session) = SessionId::parse(&session) {
             let kick = envelope::kick(session, KickReason::Kicked);
-            self.pooled(async |conn| {
+            self.pooled("kick_publish", async |conn| {
                 redis::cmd("PUBLISH")
                     .arg(self.keys.user_channel(user.as_str()))
                     .arg(kick)
@@ -149,7 +149,7 @@ impl RedisBroker {
         limit: usize,
     ) -> Result<RoomPage, BrokerError> {
         let flat = self
-            .pooled(async |conn| {
+            .pooled("list_rooms", async |conn| {
                 let flat: Vec<String> = self
                     .scripts
                     .list_rooms

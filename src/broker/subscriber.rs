@@ -242,7 +242,7 @@ impl Subscriber {
                 tracing::warn!(user_id = user, "dropping non-UTF-8 envelope");
                 continue;
             };
-            match crypto::open(self.cipher.as_deref(), text) {
+            match crypto::open(self.cipher.as_deref(), channel, text) {
                 Ok(text) => {
                     self.registry.deliver(user, &text);
                 }
@@ -251,16 +251,20 @@ impl Subscriber {
         }
     }
 
-    /// Logs an envelope that could not be opened at ERROR, at most every 10 s.
+    /// Drops an envelope that may not be delivered: counted every time, logged at
+    /// WARN at most every 10 s, never with its content (it may be a payload, or an
+    /// attacker's text).
     fn report_unreadable(&self, user: &str, error: crypto::OpenError) {
+        crate::metrics::envelope_dropped(error.label());
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_open_error.load(Ordering::Relaxed);
         if last == 0 || now.saturating_sub(last) >= 10_000 {
             self.last_open_error.store(now.max(1), Ordering::Relaxed);
-            tracing::error!(
+            tracing::warn!(
                 user_id = user,
                 %error,
-                "dropping a message this node cannot open: check PAYLOAD_ENCRYPTION_KEY on every node"
+                reason = error.label(),
+                "dropping an envelope from Redis: not sealed for this channel with this node's PAYLOAD_ENCRYPTION_KEY (injected, replayed from another channel, or another key)"
             );
         }
     }

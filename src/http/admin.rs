@@ -282,9 +282,19 @@ pub(super) async fn create_token(
             ))
         }
     };
-    let ttl = body
-        .ttl_seconds
-        .map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
+    // A token that expires at once is never what a caller means; larger than
+    // TOKEN_MAX_TTL_SECONDS is capped by `issue` (documented), and values that are
+    // not a u64 at all were refused by the JSON extractor with 400.
+    let ttl = match body.ttl_seconds {
+        None => DEFAULT_TOKEN_TTL,
+        Some(0) => {
+            return Err(AppError::InvalidRequest(
+                "ttl_seconds must be at least 1 (larger than TOKEN_MAX_TTL_SECONDS is capped)"
+                    .into(),
+            ))
+        }
+        Some(secs) => Duration::from_secs(secs),
+    };
     let (token, exp) = auth::issue(
         &state.config.security,
         &body.user_id,
@@ -292,7 +302,7 @@ pub(super) async fn create_token(
         role,
         ttl,
     )
-    .ok_or_else(|| AppError::Internal("token signing failed".into()))?;
+    .map_err(|e| AppError::Internal(e.to_string()))?;
     let expires_at =
         time::OffsetDateTime::from_unix_timestamp(i64::try_from(exp).unwrap_or(i64::MAX))
             .ok()

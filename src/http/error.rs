@@ -116,6 +116,10 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
         match &self {
+            // A command Redis answered with an error was logged by the broker, once.
+            Self::Unavailable(cause @ BrokerError::Command { .. }) => {
+                tracing::debug!(error = %cause, "request failed: redis command error")
+            }
             Self::Unavailable(cause) => {
                 tracing::error!(error = %cause, "request failed: redis unavailable")
             }

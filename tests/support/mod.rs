@@ -361,6 +361,13 @@ impl TestNode {
         if let Some(redis) = redis {
             cmd.env("REDIS_URL", redis.url());
         }
+        // `SIGNAL_TEST_NODE_ENV="NAME=value;NAME=value"` adds settings to every node,
+        // so a whole suite can run under them (e.g. PAYLOAD_ENCRYPTION_KEY).
+        if let Ok(settings) = std::env::var("SIGNAL_TEST_NODE_ENV") {
+            for (name, value) in settings.split(';').filter_map(|kv| kv.split_once('=')) {
+                cmd.env(name.trim(), value.trim());
+            }
+        }
         for (name, value) in extra_env {
             cmd.env(name, value);
         }
