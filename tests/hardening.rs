@@ -208,7 +208,10 @@ async fn pending_connections_are_capped_under_a_low_fd_limit() {
 
     let stalled = stall(node.port(), 130).await;
     let (status, body) = node.get("/healthz").await;
-    assert_eq!(status, 200, "/healthz after 130 stalled connections: {body}");
+    assert_eq!(
+        status, 200,
+        "/healthz after 130 stalled connections: {body}"
+    );
     let (mut bob, bob_user) = join(&node, &room, "bob").await;
     alice.expect_frame(&user_joined(&bob_user)).await;
     alice
@@ -274,7 +277,10 @@ async fn payloads_and_credentials_never_reach_the_log_even_at_trace() {
             .any(|l| l.contains("DEBUG") && l.contains("rejected frame")),
         "RUST_LOG=trace did not take effect for the node's own DEBUG lines"
     );
-    for (mark, what) in [(&sdp_mark, "an SDP payload"), (&password_mark, "a password")] {
+    for (mark, what) in [
+        (&sdp_mark, "an SDP payload"),
+        (&password_mark, "a password"),
+    ] {
         let leaks: Vec<&str> = log.lines().filter(|l| l.contains(mark.as_str())).collect();
         assert!(
             leaks.is_empty(),
@@ -324,11 +330,32 @@ async fn every_http_error_is_the_documented_json() {
     let json_ct = Some("application/json");
     let big = format!("{{\"room_id\":\"{}\"}}", "a".repeat(100 * 1024));
     let cases: Vec<(&str, &str, Option<&str>, Option<String>, u16, &str)> = vec![
-        ("GET", "/rooms?limit=1&limit=2", None, None, 400, "invalid_request"),
-        ("GET", "/rooms?limit=%FF", None, None, 400, "invalid_request"),
+        (
+            "GET",
+            "/rooms?limit=1&limit=2",
+            None,
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/rooms?limit=%FF",
+            None,
+            None,
+            400,
+            "invalid_request",
+        ),
         ("DELETE", "/healthz", None, None, 405, "method_not_allowed"),
         ("PUT", "/rooms", None, None, 405, "method_not_allowed"),
-        ("POST", "/rooms", json_ct, Some(big), 413, "payload_too_large"),
+        (
+            "POST",
+            "/rooms",
+            json_ct,
+            Some(big),
+            413,
+            "payload_too_large",
+        ),
         (
             "POST",
             "/rooms",
@@ -337,7 +364,14 @@ async fn every_http_error_is_the_documented_json() {
             415,
             "unsupported_media_type",
         ),
-        ("POST", "/rooms", json_ct, Some("{bad".into()), 400, "invalid_request"),
+        (
+            "POST",
+            "/rooms",
+            json_ct,
+            Some("{bad".into()),
+            400,
+            "invalid_request",
+        ),
         (
             "POST",
             "/tokens",
@@ -347,7 +381,14 @@ async fn every_http_error_is_the_documented_json() {
             "invalid_request",
         ),
         ("GET", "/rooms/%FF", None, None, 400, "invalid_id"),
-        ("DELETE", "/rooms/%C3%28/users/u1", None, None, 400, "invalid_id"),
+        (
+            "DELETE",
+            "/rooms/%C3%28/users/u1",
+            None,
+            None,
+            400,
+            "invalid_id",
+        ),
         ("GET", "/users/%FF", None, None, 400, "invalid_id"),
         ("GET", "/rooms/%FF/users", None, None, 400, "invalid_id"),
         ("GET", "/ws/r1/u1", None, None, 426, "upgrade_required"),
@@ -383,5 +424,8 @@ async fn target_not_found_warnings_are_rate_limited() {
         warnings <= 20,
         "{warnings} WARN lines for 500 frames to a non-member: one client floods the log"
     );
-    assert!(warnings >= 1, "target_not_found must still be logged at WARN");
+    assert!(
+        warnings >= 1,
+        "target_not_found must still be logged at WARN"
+    );
 }
