@@ -26,6 +26,9 @@
 //! | `TLS_CERT_FILE`, `TLS_KEY_FILE` | unset | PEM certificate chain and key: serve https/wss |
 //! | `ALLOWED_ORIGINS` | any | comma list of origins allowed for WebSockets and CORS |
 //! | `PAYLOAD_ENCRYPTION_KEY` | unset | base64 of 32 bytes: relayed frames cross Redis sealed |
+//! | `HTTP_HEADER_TIMEOUT_SECONDS` | `10` | 1–300: TLS handshake and request head, and the idle wait between keep-alive requests |
+//! | `HTTP_IDLE_TIMEOUT_SECONDS` | `60` | 1–3600: a connection not yet upgraded with no byte read or written for this long is closed |
+//! | `MAX_PENDING_CONNECTIONS` | `1024` | 1–1000000: connections not yet upgraded to WebSocket; past it the oldest is closed |
 //!
 //! With neither `REDIS_URL` nor any `REDIS_*` variable set the node runs standalone.
 
@@ -103,6 +106,8 @@ pub struct Config {
     pub security: Security,
     /// Connection rise within a minute that is logged as a spike.
     pub alert_connection_spike: usize,
+    /// Bounds on HTTP connections before they become WebSockets.
+    pub http: HttpLimits,
 }
 
 /// How client tokens are verified.
@@ -272,6 +277,7 @@ impl Config {
 
         let security = security(&get)?;
         let alert_connection_spike = parse_num::<usize>(&get, "ALERT_CONNECTION_SPIKE", 1000)?;
+        let http = http_limits(&get)?;
 
         Ok(Self {
             host,
@@ -289,8 +295,46 @@ impl Config {
             max_connections,
             security,
             alert_connection_spike,
+            http,
         })
     }
+}
+
+/// Bounds on connections that have not become WebSockets (yet), so that clients
+/// that connect and never finish a request (slowloris) cannot hold sockets and file
+/// descriptors forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// TLS handshake, then each request head; hyper also runs it over the idle wait
+    /// between keep-alive requests.
+    pub header_timeout: Duration,
+    /// No byte read or written for this long (a stalled body, an unread response)
+    /// closes a connection that has not been upgraded.
+    pub idle_timeout: Duration,
+    /// Connections not yet upgraded; past it the oldest one is closed.
+    pub max_pending: usize,
+}
+
+fn http_limits(get: &impl Fn(&str) -> Option<String>) -> Result<HttpLimits, ConfigError> {
+    let in_range = |var: &'static str, default: u64, lo: u64, hi: u64| {
+        let v = parse_num::<u64>(get, var, default)?;
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(
+                var,
+                &v.to_string(),
+                &format!("expected {lo} to {hi}"),
+            ))
+        }
+    };
+    Ok(HttpLimits {
+        header_timeout: Duration::from_secs(in_range("HTTP_HEADER_TIMEOUT_SECONDS", 10, 1, 300)?),
+        idle_timeout: Duration::from_secs(in_range("HTTP_IDLE_TIMEOUT_SECONDS", 60, 1, 3600)?),
+        // A u64 from 1 to 1e6 always fits a usize.
+        max_pending: usize::try_from(in_range("MAX_PENDING_CONNECTIONS", 1024, 1, 1_000_000)?)
+            .unwrap_or(usize::MAX),
+    })
 }
 
 fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigError> {
@@ -539,6 +583,34 @@ mod tests {
             })
         );
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                max_pending: 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn http_limits_have_ranges() {
+        for (var, value) in [
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "301"),
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "0"),
+            ("MAX_PENDING_CONNECTIONS", "0"),
+            ("MAX_PENDING_CONNECTIONS", "lots"),
+        ] {
+            assert!(err_text(&[(var, value)]).contains(var), "{var}={value}");
+        }
+        let c = parse(&[
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "1"),
+            ("MAX_PENDING_CONNECTIONS", "32"),
+        ])
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(1));
+        assert_eq!(c.http.max_pending, 32);
     }
 
     #[test]

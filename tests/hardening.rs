@@ -76,6 +76,57 @@ async fn stalled_request_headers_are_closed_and_healthz_answers() {
         }
     }
     eprintln!("50 stalled plain connections: the longest lived {longest:?}");
+
+    // Upgraded connections are not pending: with three WebSockets open, the only
+    // pending connection left is the one asking for /metrics.
+    let room = room_id();
+    let mut clients = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        clients.push(join(&node, &room, user).await.0);
+    }
+    eventually(TIMEOUT, "signal_http_pending_connections 1", || async {
+        pending_gauge(&node).await == Some(1.0)
+    })
+    .await;
+}
+
+/// `signal_http_pending_connections` from the node's `/metrics`.
+async fn pending_gauge(node: &TestNode) -> Option<f64> {
+    let reply = node.request("GET", "/metrics", &[], None).await;
+    reply
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("signal_http_pending_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_closed_after_the_idle_timeout() {
+    let node = TestNode::start(
+        None,
+        &key_prefix(),
+        &[
+            ("ADMIN_TOKEN", "admin-secret"),
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let mut stream = TcpStream::connect(("127.0.0.1", node.port()))
+        .await
+        .expect("connect");
+    let opened = Instant::now();
+    // A complete head announcing 100 bytes of body, then 2 of them and silence.
+    stream
+        .write_all(
+            b"POST /rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-secret\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"",
+        )
+        .await
+        .expect("write");
+    let lived = until_closed(stream, opened, Duration::from_secs(1) + TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("a stalled request body kept the connection: {e}"));
+    eprintln!("a stalled request body: closed after {lived:?}");
 }
 
 /// Polls `GET path` over HTTPS until 200; bounded.
@@ -324,12 +375,22 @@ async fn raw_request(
     (status, body)
 }
 
+/// Method, path, content type, body → expected status and error code.
+type ErrorCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<String>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http_error_is_the_documented_json() {
     let node = TestNode::start(None, &key_prefix(), &[("ADMIN_TOKEN", "admin-secret")]).await;
     let json_ct = Some("application/json");
     let big = format!("{{\"room_id\":\"{}\"}}", "a".repeat(100 * 1024));
-    let cases: Vec<(&str, &str, Option<&str>, Option<String>, u16, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             "GET",
             "/rooms?limit=1&limit=2",

@@ -1,9 +1,12 @@
 //! Routes. Handlers are thin: parse ids, ask the broker, shape JSON.
 
+mod activity;
 mod admin;
 mod error;
 mod extract;
+pub mod listener;
 mod ops;
+mod pending;
 mod ws;
 
 use axum::extract::{DefaultBodyLimit, State};
