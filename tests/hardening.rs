@@ -56,7 +56,11 @@ async fn stall(port: u16, n: usize) -> Vec<(TcpStream, Instant)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_headers_are_closed_and_healthz_answers() {
     let node = TestNode::start(None, &key_prefix(), &[("HTTP_HEADER_TIMEOUT_SECONDS", "1")]).await;
-    let stalled = stall(node.port(), 50).await;
+    let mut stalled = stall(node.port(), 50).await;
+    // Silent ones (not a byte sent), and a keep-alive connection idle after one
+    // complete request: hyper's header timer covers both.
+    stalled.extend(stall_silent(node.port(), 5).await);
+    stalled.push(keep_alive_idle(node.port()).await);
 
     let (status, body) = node.get("/healthz").await;
     assert_eq!(status, 200, "/healthz during the stall: {body}");
@@ -75,7 +79,7 @@ async fn stalled_request_headers_are_closed_and_healthz_answers() {
             Err(e) => panic!("stalled connection {i} was not closed by the node: {e}"),
         }
     }
-    eprintln!("50 stalled plain connections: the longest lived {longest:?}");
+    eprintln!("56 stalled plain connections: the longest lived {longest:?}");
 
     // Upgraded connections are not pending: with three WebSockets open, the only
     // pending connection left is the one asking for /metrics.
@@ -88,6 +92,32 @@ async fn stalled_request_headers_are_closed_and_healthz_answers() {
         pending_gauge(&node).await == Some(1.0)
     })
     .await;
+}
+
+/// A connection that completes one `GET /healthz`, reads the answer and goes idle.
+async fn keep_alive_idle(port: u16) -> (TcpStream, Instant) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&head).contains("\"status\"") {
+        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("the /healthz answer within TIMEOUT")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    (stream, Instant::now())
 }
 
 /// `signal_http_pending_connections` from the node's `/metrics`.

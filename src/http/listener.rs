@@ -195,7 +195,7 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout);
         let conn = builder
-            .serve_connection(io, TowerToHyperService::new(self.router.clone()))
+            .serve_connection(io, TowerToHyperService::new(self.router))
             .with_upgrades();
         tokio::pin!(conn);
         let idle = idle_expired(&activity, self.limits.idle_timeout);
