@@ -203,6 +203,32 @@ if len(values) != 4 or low:
 EOF
 }
 
+# Tokens and room passwords travel in WebSocket query strings: every access_log in the
+# nginx/ directory DIR must be `off` or use signal_redacted, whose format must not log
+# the query ($request, $request_uri, $args, $query_string, $arg_*).
+check_access_log() {
+  python3 - "$1" <<'EOF'
+import pathlib, re, sys
+text = "\n".join(p.read_text() for p in sorted(pathlib.Path(sys.argv[1]).glob("*.conf")))
+text = re.sub(r"#[^\n]*", "", text)
+errors = []
+fmt = re.search(r"log_format\s+signal_redacted\s+([^;]*);", text)
+if not fmt:
+    errors.append("no log_format signal_redacted")
+else:
+    leaks = re.findall(r"\$(?:request|request_uri|args|query_string|arg_\w+)\b", fmt.group(1))
+    if leaks:
+        errors.append(f"log_format signal_redacted logs the query string: {sorted(set(leaks))}")
+for directive in re.findall(r"\baccess_log\s+([^;]*);", text):
+    words = directive.split()
+    if words != ["off"] and (len(words) < 2 or words[1] != "signal_redacted"):
+        errors.append(f"access_log {directive}: must be off or use signal_redacted (no query strings)")
+for e in errors:
+    print(f"error: {e}")
+sys.exit(1 if errors else 0)
+EOF
+}
+
 check_dockerfile() {
   python3 - "$1" "$2" <<'EOF'
 import re, sys
@@ -271,12 +297,13 @@ expect_reject "compose with a misspelled key, compose-spec" "'enviroment' was un
 
 # --- nginx ----------------------------------------------------------------------------
 
-echo "== nginx/ (nginx -t; upstream vs compose; timeouts vs ping interval)"
+echo "== nginx/ (nginx -t; upstream vs compose; timeouts vs ping interval; access log)"
 expect_pass "nginx -t nginx/nginx.conf (+ signal-http.conf, signal-locations.conf)" check_nginx nginx
 expect_pass "nginx upstream = compose nodes, plain round robin; listen = published port" \
   check_nginx_matches_compose nginx/nginx.conf docker-compose.yml
 expect_pass "proxy/ingress read+send timeouts >= 60 s (3 x 20 s ping)" \
   check_timeouts nginx/signal-locations.conf k8s/ingress.yaml
+expect_pass "access logs without query strings (tokens, passwords)" check_access_log nginx
 
 echo "== nginx/: broken copies must be rejected"
 mkdir -p "$WORK/broken/nginx" && cp nginx/*.conf "$WORK/broken/nginx/"
@@ -289,6 +316,14 @@ expect_reject "nginx upstream with sticky sessions (ip_hash)" "must be plain rou
   check_nginx_matches_compose "$(broken nginx-sticky.conf nginx/nginx.conf 's/upstream signal_nodes \{/&\n        ip_hash;/')" docker-compose.yml
 expect_reject "proxy_read_timeout below 60 s" "timeouts must be set and >= 60" \
   check_timeouts "$(broken locations-timeout.conf nginx/signal-locations.conf 's/proxy_read_timeout 75s;/proxy_read_timeout 30s;/')" k8s/ingress.yaml
+mkdir -p "$WORK/broken/nginx-log" && cp nginx/*.conf "$WORK/broken/nginx-log/"
+broken nginx-log/nginx.conf nginx/nginx.conf 's|access_log /dev/stdout signal_redacted;|access_log /dev/stdout;|' >/dev/null
+expect_reject "access_log in the default format (logs ?token=)" "must be off or use signal_redacted" \
+  check_access_log "$WORK/broken/nginx-log"
+mkdir -p "$WORK/broken/nginx-fmt" && cp nginx/*.conf "$WORK/broken/nginx-fmt/"
+broken nginx-fmt/signal-http.conf nginx/signal-http.conf 's|\$request_method \$uri \$server_protocol|$request|' >/dev/null
+expect_reject "signal_redacted logging \$request" "logs the query string" \
+  check_access_log "$WORK/broken/nginx-fmt"
 
 # --- Dockerfile -------------------------------------------------------------------------
 

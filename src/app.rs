@@ -173,14 +173,21 @@ pub async fn run(
         draining.sessions.cancel();
     };
     let router = crate::http::router(state.clone());
-    let served = match &config.security.tls {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop_accepting)
-                .await
+    let tls = match &config.security.tls {
+        None => None,
+        Some((cert, key)) => {
+            Some(crate::http::listener::tls_acceptor(cert, key).map_err(std::io::Error::other)?)
         }
-        Some((cert, key)) => serve_tls(listener, router, cert, key, stop_accepting).await,
     };
+    crate::http::listener::serve(
+        listener,
+        router,
+        tls,
+        config.http,
+        stop_accepting,
+        DRAIN_DEADLINE,
+    )
+    .await;
 
     state.sessions.cancel();
     state.tracker.close();
@@ -197,7 +204,7 @@ pub async fn run(
     background_tasks.close();
     let _ = tokio::time::timeout(BACKGROUND_DEADLINE, background_tasks.wait()).await;
     tracing::info!("signal-node stopped");
-    served
+    Ok(())
 }
 
 /// Says at startup how the node is protected (never the secrets themselves).
@@ -216,31 +223,6 @@ fn log_security(config: &Config) {
         payload_encryption = s.payload_key.is_some(),
         "security settings"
     );
-}
-
-/// Serves https/wss with rustls (axum-server), stopping like the plain server does.
-async fn serve_tls(
-    listener: TcpListener,
-    router: axum::Router,
-    cert: &str,
-    key: &str,
-    stop_accepting: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .map_err(|e| std::io::Error::other(format!("TLS_CERT_FILE/TLS_KEY_FILE: {e}")))?;
-    let handle = axum_server::Handle::new();
-    let server = axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?
-        .handle(handle.clone())
-        .serve(router.into_make_service());
-    tokio::pin!(server);
-    tokio::select! {
-        served = &mut server => served,
-        () = stop_accepting => {
-            handle.graceful_shutdown(Some(DRAIN_DEADLINE));
-            server.await
-        }
-    }
 }
 
 /// The exporter keeps histograms bounded only if its upkeep runs.

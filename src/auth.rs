@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{JwtKey, Security};
@@ -266,7 +267,15 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 
 /// Whether `presented` equals the configured secret (admin or metrics token), compared in constant time.
 pub fn secret_matches(configured: Option<&str>, presented: Option<&str>) -> bool {
-    matches!((configured, presented), (Some(c), Some(p)) if bool::from(c.as_bytes().ct_eq(p.as_bytes())))
+    let (Some(configured), Some(presented)) = (configured, presented) else {
+        return false;
+    };
+    // `ct_eq` on slices returns early when the lengths differ, which would tell a
+    // prober the secret's length. SHA-256 digests are always 32 bytes, so the
+    // comparison's time depends on neither input.
+    let configured = Sha256::digest(configured.as_bytes());
+    let presented = Sha256::digest(presented.as_bytes());
+    bool::from(configured.as_slice().ct_eq(presented.as_slice()))
 }
 
 /// Checks an admin request's bearer.
@@ -381,6 +390,22 @@ mod tests {
         assert_eq!(check_admin(Some("t"), None), Err(AdminDenied::Missing));
         assert_eq!(check_admin(Some("t"), Some("u")), Err(AdminDenied::Wrong));
         assert_eq!(check_admin(Some("t"), Some("t")), Ok(()));
+    }
+
+    #[test]
+    fn secrets_compare_by_digest_whatever_their_lengths() {
+        let secret = "s3cret-admin-token";
+        assert!(secret_matches(Some(secret), Some(secret)));
+        // A prefix, an extension and another length all fail like any wrong token.
+        assert!(!secret_matches(Some(secret), Some("s3cret")));
+        assert!(!secret_matches(
+            Some(secret),
+            Some("s3cret-admin-token-and-more")
+        ));
+        assert!(!secret_matches(Some(secret), Some("")));
+        assert!(!secret_matches(Some(""), Some(secret)));
+        assert!(!secret_matches(None, Some(secret)));
+        assert!(!secret_matches(Some(secret), None));
     }
 
     #[test]

@@ -27,6 +27,9 @@
 //! | `TLS_CERT_FILE`, `TLS_KEY_FILE` | unset | PEM certificate chain and key: serve https/wss |
 //! | `ALLOWED_ORIGINS` | any | comma list of origins allowed for WebSockets and CORS |
 //! | `PAYLOAD_ENCRYPTION_KEY` | unset | base64 of 32 bytes: relayed frames cross Redis sealed |
+//! | `HTTP_HEADER_TIMEOUT_SECONDS` | `10` | 1–300: TLS handshake and request head, and the idle wait between keep-alive requests |
+//! | `HTTP_IDLE_TIMEOUT_SECONDS` | `60` | 1–3600: a connection not yet upgraded with no byte read or written for this long is closed |
+//! | `MAX_PENDING_CONNECTIONS` | `1024` | 1–1000000: connections not yet upgraded to WebSocket; past it the oldest is closed |
 //!
 //! Every number has an inclusive range (the `*_RANGE` constants below); outside it
 //! startup stops with one line that shows the range.
@@ -84,7 +87,11 @@ const RATE_RANGE: RangeInclusive<u32> = 0..=1_000_000;
 /// `RATE_LIMIT_BYTES_PER_SECOND` (0 turns it off) and `RATE_LIMIT_BYTES_BURST`
 /// (at least `MAX_MESSAGE_BYTES`): up to 1 GiB.
 const BYTE_RATE_RANGE: RangeInclusive<u32> = 0..=1 << 30;
-/// `MAX_CONNECTIONS` and `ALERT_CONNECTION_SPIKE`.
+/// `HTTP_HEADER_TIMEOUT_SECONDS`: also the TLS handshake's limit.
+const HEADER_TIMEOUT_RANGE: RangeInclusive<u64> = 1..=300;
+/// `HTTP_IDLE_TIMEOUT_SECONDS`.
+const IDLE_TIMEOUT_RANGE: RangeInclusive<u64> = 1..=3600;
+/// `MAX_CONNECTIONS`, `ALERT_CONNECTION_SPIKE` and `MAX_PENDING_CONNECTIONS`.
 const CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 
 /// How log lines are written.
@@ -149,6 +156,8 @@ pub struct Config {
     pub security: Security,
     /// Connection rise within a minute that is logged as a spike.
     pub alert_connection_spike: usize,
+    /// Bounds on HTTP connections before they become WebSockets.
+    pub http: HttpLimits,
 }
 
 /// How client tokens are verified.
@@ -289,6 +298,7 @@ impl Config {
         let security = security(&get)?;
         let alert_connection_spike =
             parse_in(&get, "ALERT_CONNECTION_SPIKE", 1000, CONNECTIONS_RANGE)?;
+        let http = http_limits(&get)?;
 
         Ok(Self {
             host,
@@ -307,8 +317,42 @@ impl Config {
             max_connections,
             security,
             alert_connection_spike,
+            http,
         })
     }
+}
+
+/// Bounds on connections that have not become WebSockets (yet), so that clients
+/// that connect and never finish a request (slowloris) cannot hold sockets and file
+/// descriptors forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// TLS handshake, then each request head; hyper also runs it over the idle wait
+    /// between keep-alive requests.
+    pub header_timeout: Duration,
+    /// No byte read or written for this long (a stalled body, an unread response)
+    /// closes a connection that has not been upgraded.
+    pub idle_timeout: Duration,
+    /// Connections not yet upgraded; past it the oldest one is closed.
+    pub max_pending: usize,
+}
+
+fn http_limits(get: &impl Fn(&str) -> Option<String>) -> Result<HttpLimits, ConfigError> {
+    Ok(HttpLimits {
+        header_timeout: Duration::from_secs(parse_in(
+            get,
+            "HTTP_HEADER_TIMEOUT_SECONDS",
+            10,
+            HEADER_TIMEOUT_RANGE,
+        )?),
+        idle_timeout: Duration::from_secs(parse_in(
+            get,
+            "HTTP_IDLE_TIMEOUT_SECONDS",
+            60,
+            IDLE_TIMEOUT_RANGE,
+        )?),
+        max_pending: parse_in(get, "MAX_PENDING_CONNECTIONS", 1024, CONNECTIONS_RANGE)?,
+    })
 }
 
 fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigError> {
@@ -427,7 +471,12 @@ fn byte_rate_limit(
     get: &impl Fn(&str) -> Option<String>,
     max_message_bytes: usize,
 ) -> Result<Option<RateLimit>, ConfigError> {
-    let per_second = parse_in(get, "RATE_LIMIT_BYTES_PER_SECOND", 256 * 1024, BYTE_RATE_RANGE)?;
+    let per_second = parse_in(
+        get,
+        "RATE_LIMIT_BYTES_PER_SECOND",
+        256 * 1024,
+        BYTE_RATE_RANGE,
+    )?;
     if per_second == 0 {
         return Ok(None);
     }
@@ -584,6 +633,34 @@ mod tests {
             })
         );
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                max_pending: 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn http_limits_have_ranges() {
+        for (var, value) in [
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "301"),
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "0"),
+            ("MAX_PENDING_CONNECTIONS", "0"),
+            ("MAX_PENDING_CONNECTIONS", "lots"),
+        ] {
+            assert!(err_text(&[(var, value)]).contains(var), "{var}={value}");
+        }
+        let c = parse(&[
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "1"),
+            ("MAX_PENDING_CONNECTIONS", "32"),
+        ])
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(1));
+        assert_eq!(c.http.max_pending, 32);
     }
 
     #[test]
@@ -689,6 +766,9 @@ mod tests {
         ("RATE_LIMIT_BYTES_BURST", 65_536, 1_073_741_824, &[]),
         ("MAX_CONNECTIONS", 1, 1_000_000, &[]),
         ("ALERT_CONNECTION_SPIKE", 1, 1_000_000, &[]),
+        ("HTTP_HEADER_TIMEOUT_SECONDS", 1, 300, &[]),
+        ("HTTP_IDLE_TIMEOUT_SECONDS", 1, 3600, &[]),
+        ("MAX_PENDING_CONNECTIONS", 1, 1_000_000, &[]),
     ];
 
     #[test]

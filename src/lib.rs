@@ -20,6 +20,7 @@
 //! - [`app`]: shared state, background tasks and the drain on shutdown.
 //! - [`shutdown`]: the signals that stop the node.
 //! - [`stats`]: this node's counters, rates and process figures for `/stats`.
+//! - [`log_limit`]: a budget for log lines a client can trigger at will.
 
 pub mod app;
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod crypto;
 pub mod envelope;
 pub mod http;
 pub mod ids;
+pub mod log_limit;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -47,6 +47,10 @@ pub const RECONNECTS: &str = "signal_redis_reconnects_total";
 pub const NODE_CLEANUPS: &str = "signal_node_cleanups_total";
 /// Whether `/readyz` would answer 200 (gauge 0/1).
 pub const READY: &str = "signal_ready";
+/// HTTP connections not (yet) upgraded to WebSocket (gauge).
+pub const HTTP_PENDING: &str = "signal_http_pending_connections";
+/// Pending HTTP connections closed at `MAX_PENDING_CONNECTIONS` to make room (counter).
+pub const HTTP_EVICTED: &str = "signal_http_evicted_connections_total";
 
 const LATENCY_BUCKETS: [f64; 12] = [
     0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,

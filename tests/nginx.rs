@@ -172,7 +172,6 @@ events {{
     worker_connections 256;
 }}
 http {{
-    access_log "{d}/access.log";
     # Debian's compiled-in temp paths are under /var/lib/nginx: keep them private.
     client_body_temp_path "{d}/client_body";
     proxy_temp_path "{d}/proxy";
@@ -180,6 +179,8 @@ http {{
     uwsgi_temp_path "{d}/uwsgi";
     scgi_temp_path "{d}/scgi";
     include "{r}/signal-http.conf";
+    # The shipped format (signal-http.conf): no query strings.
+    access_log "{d}/access.log" signal_redacted;
     upstream signal_nodes {{
 {servers}    }}
     server {{
@@ -330,4 +331,36 @@ async fn a_dead_node_is_skipped() {
         client.close().await;
     }
     assert!(nginx.stop(), "nginx did not exit gracefully on QUIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_no_query_strings() {
+    let node = TestNode::start(None, &key_prefix(), &[]).await;
+    let mut nginx = Nginx::start(&[node.port()]).await;
+    let room = room_id();
+    // Browsers cannot set headers on a WebSocket: tokens and passwords ride the URL.
+    let url = format!(
+        "{}?token=SECRETMARK&password=PWMARK",
+        nginx.ws_url(&room, "alice")
+    );
+    let (alice, _) = TestClient::join_with(&url, &[], "alice via nginx").await;
+    alice.close().await;
+    let (status, _) = nginx.get("/rooms?cursor=QUERYMARK").await;
+    assert!(status > 0);
+    // QUIT flushes and closes the log: afterwards every request is in it.
+    assert!(nginx.stop(), "nginx did not exit gracefully on QUIT");
+
+    let log = std::fs::read_to_string(nginx.dir.path().join("access.log"))
+        .unwrap_or_else(|e| panic!("read nginx's access.log: {e}"));
+    let path = format!("GET /ws/{room}/alice HTTP/1.1");
+    assert!(
+        log.contains(&path),
+        "the access log must still name the request ({path}):\n{log}"
+    );
+    for mark in ["SECRETMARK", "PWMARK", "QUERYMARK"] {
+        assert!(
+            !log.contains(mark),
+            "the access log contains the query string ({mark}):\n{log}"
+        );
+    }
 }

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::{JsonBody, PathParams, QueryParams};
 use super::AppError;
 use crate::app::AppState;
 use crate::auth::{self, bearer, AdminDenied};
@@ -114,7 +114,7 @@ pub(super) struct PageQuery {
 pub(super) async fn list_rooms(
     _: Admin,
     State(state): State<AppState>,
-    Query(q): Query<PageQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Json<Value>, AppError> {
     let limit = match q.limit.as_deref() {
         None => DEFAULT_PAGE,
@@ -143,7 +143,7 @@ pub(super) async fn list_rooms(
 pub(super) async fn get_room(
     _: Admin,
     State(state): State<AppState>,
-    Path(room_id): Path<String>,
+    PathParams(room_id): PathParams<String>,
 ) -> Result<Json<Value>, AppError> {
     let room = parse_room(&room_id)?;
     let info = state
@@ -170,9 +170,8 @@ pub(super) struct NewRoom {
 pub(super) async fn create_room(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<NewRoom>, JsonRejection>,
+    JsonBody(body): JsonBody<NewRoom>,
 ) -> Result<Response, AppError> {
-    let Json(body) = body.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
     let room = match &body.room_id {
         Some(id) => parse_room(id)?,
         None => parse_room(&uuid::Uuid::new_v4().simple().to_string())?,
@@ -222,7 +221,7 @@ pub(super) async fn create_room(
 pub(super) async fn delete_room(
     _: Admin,
     State(state): State<AppState>,
-    Path(room_id): Path<String>,
+    PathParams(room_id): PathParams<String>,
 ) -> Result<StatusCode, AppError> {
     let room = parse_room(&room_id)?;
     let kicked = state
@@ -237,7 +236,7 @@ pub(super) async fn delete_room(
 pub(super) async fn kick_user(
     _: Admin,
     State(state): State<AppState>,
-    Path((room_id, user_id)): Path<(String, String)>,
+    PathParams((room_id, user_id)): PathParams<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let room = parse_room(&room_id)?;
     let user = UserId::parse(&user_id).map_err(|_| AppError::InvalidId)?;
@@ -261,9 +260,8 @@ pub(super) struct NewToken {
 pub(super) async fn create_token(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<NewToken>, JsonRejection>,
+    JsonBody(body): JsonBody<NewToken>,
 ) -> Result<Response, AppError> {
-    let Json(body) = body.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
     if state.config.security.token_secret.is_none() {
         return Err(AppError::TokensDisabled);
     }

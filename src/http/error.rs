@@ -47,6 +47,18 @@ pub enum AppError {
     /// `POST /tokens` without `JWT_SECRET`.
     #[error("tokens disabled")]
     TokensDisabled,
+    /// A method the route does not serve.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A body over the limit.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// A body that is not `application/json`.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// A plain request to the WebSocket endpoint.
+    #[error("upgrade required")]
+    UpgradeRequired,
     /// Something that should not fail did (a hashing failure); logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +115,26 @@ impl AppError {
                 "no such user is connected",
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not answer this method",
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is over the limit",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with Content-Type: application/json",
+            ),
+            Self::UpgradeRequired => (
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                "this endpoint only answers WebSocket upgrades",
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -1,11 +1,15 @@
 //! Routes. Handlers are thin: parse ids, ask the broker, shape JSON.
 
+mod activity;
 mod admin;
 mod error;
+mod extract;
+pub mod listener;
 mod ops;
+mod pending;
 mod ws;
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +19,11 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::AppError;
+use extract::PathParams;
+
+/// Largest REST request body. Admin bodies are a few hundred bytes; axum's 2 MiB
+/// default would let each slow client make the node buffer megabytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 use crate::app::AppState;
 use crate::ids::{RoomId, UserId};
@@ -40,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -80,7 +91,7 @@ fn cors(state: &AppState) -> CorsLayer {
 async fn room_users(
     State(state): State<AppState>,
     presented: admin::Bearer,
-    Path(room_id): Path<String>,
+    PathParams(room_id): PathParams<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let room = RoomId::parse(&room_id).map_err(|_| AppError::InvalidId)?;
     admin::authorize_membership(&state, &presented, Some(room.as_str()))?;
@@ -93,7 +104,7 @@ async fn room_users(
 async fn user(
     State(state): State<AppState>,
     presented: admin::Bearer,
-    Path(user_id): Path<String>,
+    PathParams(user_id): PathParams<String>,
 ) -> Result<Json<UserInfo>, AppError> {
     let user = UserId::parse(&user_id).map_err(|_| AppError::InvalidId)?;
     let info = state.broker.user(&user).await?;

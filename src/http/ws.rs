@@ -5,6 +5,7 @@
 //! read the `error` frame and close code (PROTOCOL.md section 2).
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{OnFailedUpgrade, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -67,8 +68,16 @@ pub(super) async fn upgrade(
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<WsQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(WebSocketUpgradeRejection::MethodNotGet(_)) => {
+            return AppError::MethodNotAllowed.into_response()
+        }
+        // Plain HTTP (or a malformed handshake) on the WebSocket endpoint.
+        Err(_) => return AppError::UpgradeRequired.into_response(),
+    };
     let max = state.config.max_message_bytes;
     let ws = ws
         .max_message_size(max)

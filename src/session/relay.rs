@@ -1,11 +1,13 @@
 //! One client text frame: validate, then answer (`pong`, `error`) or relay it.
 //! Every failure becomes an `error` frame to the sender; the connection stays usable.
 
-use std::time::Instant;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use crate::app::AppState;
 use crate::broker::RelayOutcome;
 use crate::ids::{RoomId, UserId};
+use crate::log_limit::LogLimiter;
 use crate::metrics;
 use crate::protocol::{
     error_frame, parse_client_frame_as, pong_frame, relayed_frame, ClientFrame, ErrorCode, Relay,
@@ -13,6 +15,12 @@ use crate::protocol::{
 };
 
 use super::outbox::Outbox;
+
+/// `target_not_found` is logged at WARN (PROTOCOL.md section 4), but a client can
+/// trigger it with every frame: node-wide, at most 10 lines per 10 s, the next
+/// line carrying how many were suppressed.
+static TARGET_NOT_FOUND_LOG: LazyLock<LogLimiter> =
+    LazyLock::new(|| LogLimiter::new(10, Duration::from_secs(10)));
 
 /// Handles one text frame from `user`; returns once any relay has been published.
 pub(super) async fn handle_text(
@@ -66,7 +74,9 @@ async fn relay_message(
             match state.broker.relay_to_user(room, target, &frame).await {
                 Ok(RelayOutcome::Delivered) => metrics::relayed(&msg.kind, true, started.elapsed()),
                 Ok(outcome) => {
-                    tracing::warn!(target_user = target, kind = %msg.kind, ?outcome, "relay target not found");
+                    if let Some(suppressed) = TARGET_NOT_FOUND_LOG.admit() {
+                        tracing::warn!(target_user = target, kind = %msg.kind, ?outcome, suppressed, "relay target not found");
+                    }
                     reply_error(ErrorCode::TargetNotFound, "the target is not in this room");
                 }
                 Err(e) => {

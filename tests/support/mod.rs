@@ -69,6 +69,9 @@ const CONFIG_VARS: &[&str] = &[
     "ALLOWED_ORIGINS",
     "PAYLOAD_ENCRYPTION_KEY",
     "MAX_CONNECTIONS",
+    "HTTP_HEADER_TIMEOUT_SECONDS",
+    "HTTP_IDLE_TIMEOUT_SECONDS",
+    "MAX_PENDING_CONNECTIONS",
 ];
 
 // ---------------------------------------------------------------------------
@@ -333,6 +336,26 @@ impl TestNode {
 
     /// Spawns a node without waiting for it (for configuration tests).
     pub fn spawn(redis: Option<&RedisServer>, prefix: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::spawn_limited(redis, prefix, extra_env, None)
+    }
+
+    /// Spawns a standalone node whose open-file limit is `fd_limit` (through
+    /// `sh -c 'ulimit -n N; exec node'`, so the node keeps the shell's pid) and
+    /// waits until it is ready.
+    pub async fn start_with_fd_limit(fd_limit: u32, extra_env: &[(&str, &str)]) -> Self {
+        let node = Self::spawn_limited(None, &key_prefix(), extra_env, Some(fd_limit));
+        if let Err(e) = node.wait_ready().await {
+            panic!("{e}\n--- log of {} ---\n{}", node.node_id, node.log());
+        }
+        node
+    }
+
+    fn spawn_limited(
+        redis: Option<&RedisServer>,
+        prefix: &str,
+        extra_env: &[(&str, &str)],
+        fd_limit: Option<u32>,
+    ) -> Self {
         let port = free_port();
         let node_id = extra_env
             .iter()
@@ -344,7 +367,15 @@ impl TestNode {
         let log_path = dir.join(format!("{node_id}-{}.log", Uuid::new_v4().simple()));
         let log = File::create(&log_path).expect("create node log file");
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_signal-node"));
+        let binary = env!("CARGO_BIN_EXE_signal-node");
+        let mut cmd = match fd_limit {
+            None => Command::new(binary),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\""), binary]);
+                sh
+            }
+        };
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("REDIS_") {
                 cmd.env_remove(name);

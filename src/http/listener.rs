@@ -1,0 +1,240 @@
+//! The node's accept loop, for plain HTTP and TLS alike, with the bounds that
+//! `axum::serve` and axum-server lack: a connection that never finishes its TLS
+//! handshake or request head is closed after `HTTP_HEADER_TIMEOUT_SECONDS` (hyper
+//! also runs that timer over the idle wait between keep-alive requests), one that
+//! stops moving bytes mid-request after `HTTP_IDLE_TIMEOUT_SECONDS`, and at most
+//! `MAX_PENDING_CONNECTIONS` are served as HTTP at once (past it the oldest is
+//! closed; see [`super::pending`]). Upgraded WebSockets are outside all three: hyper
+//! hands their socket off and finishes the connection future, which drops its
+//! pending ticket and idle watch, and the session's own heartbeat takes over.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::activity::{Activity, Watched};
+use super::pending::{Pending, Ticket};
+use crate::config::HttpLimits;
+use crate::log_limit::LogLimiter;
+
+/// Pause after an accept error that is not about one connection (usually: out of
+/// file descriptors), so that the loop does not spin while none is free.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The TLS certificate or key cannot be used; startup stops with this.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The certificate file is unreadable or holds no PEM certificate.
+    #[error("TLS_CERT_FILE {0}: {1}")]
+    Cert(String, String),
+    /// The key file is unreadable or holds no PEM private key.
+    #[error("TLS_KEY_FILE {0}: {1}")]
+    Key(String, String),
+    /// rustls refused the pair (e.g. the key does not match the certificate).
+    #[error("TLS_CERT_FILE/TLS_KEY_FILE: {0}")]
+    Config(String),
+}
+
+/// Builds the TLS acceptor from PEM files (ring, HTTP/1.1 only).
+pub fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_error =
+        |e: &dyn std::fmt::Display| TlsSetupError::Cert(cert.to_owned(), e.to_string());
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_error(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(&e))?;
+    if certs.is_empty() {
+        return Err(cert_error(&"no PEM certificate in the file"));
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsSetupError::Key(key.to_owned(), e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    // The node speaks HTTP/1.1 only; WebSockets upgrade over it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` resolves;
+/// then stops accepting, lets in-flight requests finish within `drain`, and
+/// returns. Upgraded WebSockets are not waited for here: app.rs drains them.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let pending = Pending::new(limits.max_pending);
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
+    let accept_errors = LogLimiter::new(5, Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            // The peer gave up before we accepted: nothing to do.
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of descriptors: closing the oldest pending connection frees one,
+                // so the next connection (a health probe, a WebSocket) gets in.
+                let evicted = pending.evict_oldest();
+                if let Some(suppressed) = accept_errors.admit() {
+                    tracing::warn!(error = %e, evicted, pending = pending.len(), suppressed, "accept failed");
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let connection = Connection {
+            router: router.clone(),
+            limits,
+            ticket: pending.admit(),
+            stopping: stopping.clone(),
+        };
+        match &tls {
+            None => connections.spawn(connection.serve(stream).in_current_span()),
+            Some(acceptor) => connections.spawn(
+                connection
+                    .serve_tls(acceptor.clone(), stream)
+                    .in_current_span(),
+            ),
+        };
+    }
+    // Closing the socket refuses new connections at once (a load balancer moves on).
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "HTTP requests still in flight at the drain deadline"
+        );
+    }
+}
+
+/// Errors about one connection that `accept` reports; the listener is fine.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One accepted connection until it closes or is upgraded.
+struct Connection {
+    router: Router,
+    limits: HttpLimits,
+    /// Held while the connection is HTTP; dropped at close or hand-off.
+    ticket: Ticket,
+    stopping: CancellationToken,
+}
+
+impl Connection {
+    /// The TLS handshake counts against the header timeout: a client that opens a
+    /// socket and sends nothing is a slowloris too.
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
+        let tls = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            },
+            () = self.ticket.evicted() => return,
+            () = self.stopping.cancelled() => return,
+        };
+        self.serve(tls).await;
+    }
+
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let io = TokioIo::new(Watched::new(io, activity.clone()));
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout);
+        let conn = builder
+            .serve_connection(io, TowerToHyperService::new(self.router))
+            .with_upgrades();
+        tokio::pin!(conn);
+        let idle = idle_expired(&activity, self.limits.idle_timeout);
+        tokio::pin!(idle);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                // Closed, timed out (hyper's header timer), or handed off as a WebSocket.
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                    return;
+                }
+                () = &mut idle => {
+                    tracing::debug!(idle = ?self.limits.idle_timeout, "idle HTTP connection closed");
+                    return;
+                }
+                () = self.ticket.evicted() => {
+                    tracing::debug!("pending HTTP connection closed: MAX_PENDING_CONNECTIONS reached");
+                    return;
+                }
+                // Finish the request in flight, then close (idle keep-alive closes now).
+                () = self.stopping.cancelled(), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once no byte has moved for `timeout`.
+async fn idle_expired(activity: &Activity, timeout: Duration) {
+    loop {
+        let deadline = activity.last() + timeout;
+        if tokio::time::Instant::now().into_std() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
