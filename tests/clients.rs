@@ -175,7 +175,11 @@ async fn idle_reader(c: &Cluster) {
 
 both_engines!(
     slow_consumer_is_dropped_and_the_room_keeps_working,
-    env = [("MAX_QUEUE_BYTES", "65536"), ("RATE_LIMIT_PER_SECOND", "0")],
+    env = [
+        ("MAX_QUEUE_BYTES", "65536"),
+        ("RATE_LIMIT_PER_SECOND", "0"),
+        ("RATE_LIMIT_BYTES_PER_SECOND", "0")
+    ],
     slow_consumer
 );
 

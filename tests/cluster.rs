@@ -208,7 +208,14 @@ async fn offer_sent_on_user_joined_always_reaches_the_newcomer() {
 async fn burst_of_messages_arrives_complete_and_in_order() {
     const COUNT: u64 = 3000;
     // Rate limiting (a later feature) would drop a burst; it is not under test here.
-    let c = Cluster::redis_with(2, &[("RATE_LIMIT_PER_SECOND", "0")]).await;
+    let c = Cluster::redis_with(
+        2,
+        &[
+            ("RATE_LIMIT_PER_SECOND", "0"),
+            ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+        ],
+    )
+    .await;
     let room = room_id();
     let (mut alice, _) = join(c.node(0), &room, "alice").await;
     let (mut bob, bob_user) = join(c.node(1), &room, "bob").await;

@@ -494,7 +494,15 @@ async fn every_http_error_is_the_documented_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_not_found_warnings_are_rate_limited() {
     // Rate limiting per connection is off, so all 500 frames reach the relay.
-    let node = TestNode::start(None, &key_prefix(), &[("RATE_LIMIT_PER_SECOND", "0")]).await;
+    let node = TestNode::start(
+        None,
+        &key_prefix(),
+        &[
+            ("RATE_LIMIT_PER_SECOND", "0"),
+            ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+        ],
+    )
+    .await;
     let room = room_id();
     let (mut alice, _) = join(&node, &room, "alice").await;
     for i in 0..500 {

@@ -2560,7 +2560,7 @@ async fn nodes_relay_over_redis_with_tls() {
     // The state is in this Redis, and the nodes are connected to its TLS port.
     let redis = &tls.server;
     assert_eq!(
-        redis.smembers(&format!("{prefix}room:{room}")),
+        redis.smembers(&format!("{prefix}room:{{{room}}}")),
         ["alice", "bob"].iter().map(|s| (*s).to_owned()).collect(),
         "room members in the TLS Redis"
     );

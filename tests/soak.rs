@@ -287,7 +287,14 @@ fn redis_matches(c: &Cluster, rooms: &HashMap<String, Vec<String>>) -> Result<()
 async fn churn_loses_nothing_and_leaks_nothing() {
     let seconds = env_or("SOAK_SECONDS", 60);
     let room_count = env_or("SOAK_ROOMS", 100) as usize;
-    let c = Cluster::redis_with(3, &[("RATE_LIMIT_PER_SECOND", "0")]).await;
+    let c = Cluster::redis_with(
+        3,
+        &[
+            ("RATE_LIMIT_PER_SECOND", "0"),
+            ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+        ],
+    )
+    .await;
     let urls: Vec<String> = (0..3)
         .map(|i| c.node(i).http_url().replacen("http", "ws", 1))
         .collect();
