@@ -143,28 +143,41 @@ impl Registry {
         }
     }
 
-    /// Removes the user's session if it is still `session`. Returns true when the
-    /// user has no local session left (its channel can be dropped).
-    pub fn remove(&self, user: &UserId, session: SessionId) -> bool {
+    /// Removes the user's session `session`. Returns its room when no other local
+    /// session of the user is in that room (the (room, user) channel can go).
+    pub fn remove(&self, user: &UserId, session: SessionId) -> Option<RoomId> {
         let mut map = self.lock();
-        let Some(entries) = map.get_mut(user) else {
-            return false;
-        };
-        let before = entries.len();
-        entries.retain(|e| e.handle.session_id != session);
-        if entries.len() == before {
-            return false;
-        }
+        let entries = map.get_mut(user)?;
+        let at = entries
+            .iter()
+            .position(|e| e.handle.session_id == session)?;
+        let room = entries.remove(at).handle.room_id;
+        let room_still_used = entries.iter().any(|e| e.handle.room_id == room);
         if entries.is_empty() {
             map.remove(user);
-            return true;
         }
-        false
+        (!room_still_used).then_some(room)
     }
 
-    /// Whether the user has a session on this node.
-    pub fn contains(&self, user: &str) -> bool {
-        self.lock().contains_key(user)
+    /// Whether the user has a session in `room` on this node.
+    pub fn contains_in(&self, room: &str, user: &str) -> bool {
+        self.lock()
+            .get(user)
+            .is_some_and(|entries| entries.iter().any(|e| e.handle.room_id.as_str() == room))
+    }
+
+    /// Every (room, user) with a local session: the channels this node needs.
+    pub fn channels(&self) -> Vec<(RoomId, UserId)> {
+        let channels: HashSet<(RoomId, UserId)> = self
+            .lock()
+            .iter()
+            .flat_map(|(user, entries)| {
+                entries
+                    .iter()
+                    .map(move |e| (e.handle.room_id.clone(), user.clone()))
+            })
+            .collect();
+        channels.into_iter().collect()
     }
 
     /// Number of local sessions.
@@ -211,10 +224,11 @@ impl Registry {
         }
     }
 
-    /// Hands an envelope published on `user`'s channel to the local session.
-    /// Returns whether a local session took it. Never blocks: a full queue closes
-    /// that one session.
-    pub fn deliver(&self, user: &str, text: &str) -> bool {
+    /// Hands an envelope published on `user`'s channel in `room` to the local
+    /// sessions of that user in that room (a session in another room never sees
+    /// it). Returns whether one took it. Never blocks: a full queue closes that one
+    /// session.
+    pub fn deliver(&self, room: &str, user: &str, text: &str) -> bool {
         let Some(env) = envelope::parse(text) else {
             tracing::warn!(user_id = user, "dropping malformed envelope");
             return false;
@@ -223,12 +237,15 @@ impl Registry {
         let Some(entries) = map.get_mut(user) else {
             return false;
         };
+        let in_room = entries
+            .iter_mut()
+            .filter(|e| e.handle.room_id.as_str() == room);
         if let Envelope::Kick { .. } = env {
             // Aimed at one session id: only that session may close.
-            return entries.iter_mut().any(|entry| entry.apply(env));
+            return in_room.into_iter().any(|entry| entry.apply(env));
         }
         let mut taken = false;
-        for entry in entries.iter_mut() {
+        for entry in in_room {
             taken |= match &mut entry.pending {
                 Some(pending) if pending.len() >= MAX_PENDING => {
                     entry.handle.outbox.close(CloseReason::SlowConsumer);
@@ -323,9 +340,9 @@ mod tests {
         let (sid, mut inbox) = add(&reg, &root, "bob");
         let (carol, dave) = (SessionId::new(), SessionId::new());
         // carol is in the snapshot: her (stale) user_joined must not be shown again.
-        assert!(reg.deliver("bob", &envelope::joined("carol", carol, "J-carol")));
-        assert!(reg.deliver("bob", &envelope::joined("dave", dave, "J-dave")));
-        assert!(reg.deliver("bob", &envelope::frame("from-dave")));
+        assert!(reg.deliver("r", "bob", &envelope::joined("carol", carol, "J-carol")));
+        assert!(reg.deliver("r", "bob", &envelope::joined("dave", dave, "J-dave")));
+        assert!(reg.deliver("r", "bob", &envelope::frame("from-dave")));
         reg.activate(
             &UserId::parse("bob").unwrap(),
             sid,
@@ -340,8 +357,12 @@ mod tests {
             Some("from-dave")
         );
         // A user_left for someone never announced is dropped; for dave it goes through.
-        assert!(reg.deliver("bob", &envelope::left("eve", SessionId::new(), "L-eve")));
-        assert!(reg.deliver("bob", &envelope::left("dave", dave, "L-dave")));
+        assert!(reg.deliver(
+            "r",
+            "bob",
+            &envelope::left("eve", SessionId::new(), "L-eve")
+        ));
+        assert!(reg.deliver("r", "bob", &envelope::left("dave", dave, "L-dave")));
         assert_eq!(
             inbox.recv().await.map(|o| o.text).as_deref(),
             Some("L-dave")
@@ -354,11 +375,14 @@ mod tests {
         let reg = Registry::new();
         let (sid, inbox) = add(&reg, &root, "bob");
         assert!(!reg.deliver(
+            "r",
             "bob",
             &envelope::kick(SessionId::new(), KickReason::Replaced)
         ));
         assert_eq!(inbox.close_reason(), None);
-        assert!(reg.deliver("bob", &envelope::kick(sid, KickReason::Kicked)));
+        assert!(reg.deliver("r", "bob", &envelope::kick(sid, KickReason::Kicked)));
+        // The same session id on another room's channel closes nothing.
+        assert!(!reg.deliver("other", "bob", &envelope::frame("x")));
         assert_eq!(inbox.close_reason(), Some(CloseReason::Kicked));
     }
 
@@ -394,9 +418,9 @@ mod tests {
         let (old, _a) = add(&reg, &root, "bob");
         let (new, _b) = add(&reg, &root, "bob");
         let bob = UserId::parse("bob").unwrap();
-        assert!(!reg.remove(&bob, old));
-        assert!(reg.contains("bob"));
-        assert!(reg.remove(&bob, new));
+        assert_eq!(reg.remove(&bob, old), None, "the room is still used");
+        assert!(reg.contains_in("r", "bob"));
+        assert_eq!(reg.remove(&bob, new), Some(RoomId::parse("r").unwrap()));
         assert!(reg.is_empty());
     }
 }

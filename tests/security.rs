@@ -2618,8 +2618,8 @@ async fn payloads_cross_redis_encrypted() {
         .await;
 
     // The taps did see the traffic to bob and to alice...
-    let bob_channel = user_channel(&prefix, "", "bob");
-    let alice_channel = user_channel(&prefix, "", "alice");
+    let bob_channel = user_channel(&prefix, &room, "bob");
+    let alice_channel = user_channel(&prefix, &room, "alice");
     let (taps, channels) = (&(&monitor, &published), &(&bob_channel, &alice_channel));
     eventually(
         TIMEOUT,
@@ -2752,10 +2752,10 @@ async fn a_node_with_another_encryption_key_fails_loudly() {
     }
 }
 
-/// The channel `user`'s envelopes are published on: the one place these tests
-/// name it (the layout may move to per-room channels; `room` is there for that).
-fn user_channel(prefix: &str, _room: &str, user: &str) -> String {
-    format!("{prefix}user:{{{user}}}:ch")
+/// The channel `user`'s envelopes in `room` are published on: the one place these
+/// tests name it.
+fn user_channel(prefix: &str, room: &str, user: &str) -> String {
+    format!("{prefix}room:{{{room}}}:ch:{user}")
 }
 
 /// The sealed envelopes (`E ...`) a tap subscribed to one channel has seen, in order.

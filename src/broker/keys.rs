@@ -1,7 +1,7 @@
 //! Every Redis key and channel name (PROTOCOL.md section 7), built from `KEY_PREFIX`.
-//! Only this module and the Lua scripts know the layout, so moving to sharded
-//! pub/sub changes one place. The Lua scripts rebuild member keys from the prefix
-//! with the same shapes (`room:{R}`, `user:{U}`, `user:{U}:ch`, `node:{N}...`).
+//! Only this module knows the layout: scripts get every key through `KEYS`, and
+//! where a script publishes to each member of a room it gets the room's channel
+//! prefix ([`Keys::room_channel_prefix`]) and appends member ids.
 //!
 //! # Why two prefixes never meet
 //!
@@ -16,7 +16,33 @@
 //! The same holds for channel names.
 
 /// The first word of every name; none is a suffix of another (tested below).
-pub const WORDS: [&str; 4] = ["room", "user", "node", "cluster"];
+pub const WORDS: [&str; 5] = ["room", "user", "claim", "node", "cluster"];
+
+/// The Redis Cluster hash slot of a key or channel: CRC16 (XMODEM) of its hash tag
+/// (the text between the first `{` and the next `}`, when not empty), else of the
+/// whole name, modulo 16384. Used to prove every script call stays in one slot.
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
 
 /// Key and channel names for one prefix.
 #[derive(Debug, Clone)]
@@ -47,17 +73,41 @@ impl Keys {
         format!("{}user:{{{user}}}", self.prefix)
     }
 
-    /// `P user:{user_id}:ch`: the user's delivery channel.
-    pub fn user_channel(&self, user: &str) -> String {
-        format!("{}user:{{{user}}}:ch", self.prefix)
+    /// `P claim:{user_id}`: hash with the user's join ticket counter (`next`) and the
+    /// ticket and session of the join that owns the user (`ticket`, `session`), in
+    /// the user's slot: it orders racing joins of one user (claim_user.lua).
+    pub fn user_claim(&self, user: &str) -> String {
+        format!("{}claim:{{{user}}}", self.prefix)
     }
 
-    /// The user id of a delivery channel name, `None` for any other channel.
-    pub fn user_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel
+    /// `P room:{room_id}:members`: hash user_id -> [`MemberRecord`](super::member_record::MemberRecord) of
+    /// the room's members, in the room's slot so that room scripts never read a
+    /// user's hash (another slot).
+    pub fn room_members(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:members", self.prefix)
+    }
+
+    /// `P room:{room_id}:ch:user_id`: the delivery channel of `user` in `room`. One
+    /// per (room, user), in the room's slot: a message for a room can only ever
+    /// reach a session of that room, whatever moves race with it.
+    pub fn user_channel(&self, room: &str, user: &str) -> String {
+        format!("{}{user}", self.room_channel_prefix(room))
+    }
+
+    /// What every delivery channel of `room` starts with; scripts that publish to
+    /// each member append the member's id (they never learn the layout).
+    pub fn room_channel_prefix(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:ch:", self.prefix)
+    }
+
+    /// The (room, user) of a delivery channel name, `None` for any other channel.
+    pub fn channel_target<'a>(&self, channel: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = channel
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix("user:{")?
-            .strip_suffix("}:ch")
+            .strip_prefix("room:{")?;
+        let (room, rest) = rest.split_once('}')?;
+        let user = rest.strip_prefix(":ch:")?;
+        Some((room, user))
     }
 
     /// `P room:{room_id}:meta`: settings of a room created with `POST /rooms`.
@@ -110,14 +160,28 @@ mod tests {
         let k = Keys::new("signal:");
         assert_eq!(k.room("r1"), "signal:room:{r1}");
         assert_eq!(k.user("bob"), "signal:user:{bob}");
-        assert_eq!(k.user_channel("bob"), "signal:user:{bob}:ch");
-        assert_eq!(k.user_of_channel(&k.user_channel("bob")), Some("bob"));
+        assert_eq!(k.user_channel("r1", "bob"), "signal:room:{r1}:ch:bob");
+        assert_eq!(
+            k.channel_target(&k.user_channel("r1", "bob")),
+            Some(("r1", "bob"))
+        );
+        assert_eq!(k.room_members("r1"), "signal:room:{r1}:members");
         assert_eq!(k.room_meta("r1"), "signal:room:{r1}:meta");
         assert_eq!(k.node("n1"), "signal:node:{n1}");
         assert_eq!(k.node_sessions("n1"), "signal:node:{n1}:sessions");
         assert_eq!(k.node_channel("n1"), "signal:node:{n1}:ch");
-        assert_eq!(k.user_of_channel(&k.node_channel("n1")), None);
+        assert_eq!(k.channel_target(&k.node_channel("n1")), None);
         assert_eq!(k.nodes(), "signal:cluster:{nodes}");
+    }
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from Redis's CLUSTER KEYSLOT.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
     }
 
     #[test]
@@ -134,7 +198,7 @@ mod tests {
     #[test]
     fn nested_prefixes_never_share_a_name() {
         let ids = [
-            "nodes", "rooms", "node", "user", "room", "cluster", "x", "ch", "meta",
+            "nodes", "rooms", "node", "user", "room", "cluster", "claim", "x", "ch", "meta",
         ];
         let names = |k: &Keys| -> Vec<String> {
             let mut all = vec![k.rooms(), k.nodes(), k.payload_key_check()];
@@ -142,7 +206,10 @@ mod tests {
                 all.extend([
                     k.room(id),
                     k.user(id),
-                    k.user_channel(id),
+                    k.user_channel(id, id),
+                    k.user_channel("r", id),
+                    k.room_members(id),
+                    k.user_claim(id),
                     k.room_meta(id),
                     k.node(id),
                     k.node_sessions(id),
@@ -156,6 +223,7 @@ mod tests {
             "signal:",
             "signal:room:",
             "signal:user:",
+            "signal:claim:",
             "signal:node:",
             "signal:cluster:",
             "signal:r",
@@ -173,8 +241,8 @@ mod tests {
                         !theirs.contains(&name),
                         "{name} is a name of both {a:?} and {b:?}"
                     );
-                    if let Some(user) = kb.user_of_channel(&name) {
-                        panic!("{name} of {a:?} reads as {b:?}'s channel of {user}");
+                    if let Some(target) = kb.channel_target(&name) {
+                        panic!("{name} of {a:?} reads as {b:?}'s channel of {target:?}");
                     }
                 }
             }

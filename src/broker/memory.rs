@@ -80,6 +80,7 @@ impl MemoryBroker {
         if let Some(old) = state.users.remove(&req.user) {
             replaced = Some(old.session);
             self.registry.deliver(
+                old.room.as_str(),
                 req.user.as_str(),
                 &envelope::kick(old.session, KickReason::Replaced),
             );
@@ -100,7 +101,8 @@ impl MemoryBroker {
         let others: Vec<UserId> = room.iter().filter(|m| **m != req.user).cloned().collect();
         let mut members = Vec::with_capacity(others.len());
         for m in &others {
-            self.registry.deliver(m.as_str(), &joined);
+            self.registry
+                .deliver(req.room.as_str(), m.as_str(), &joined);
             if let Some(entry) = state.users.get(m) {
                 members.push((entry.user.clone(), entry.session));
             }
@@ -123,7 +125,7 @@ impl MemoryBroker {
         };
         set.remove(user);
         for m in set.iter() {
-            self.registry.deliver(m.as_str(), envelope);
+            self.registry.deliver(room.as_str(), m.as_str(), envelope);
         }
         if set.is_empty() {
             state.rooms.remove(room);
@@ -155,7 +157,10 @@ impl MemoryBroker {
         {
             return RelayOutcome::NotInRoom;
         }
-        if self.registry.deliver(target, &envelope::frame(frame)) {
+        if self
+            .registry
+            .deliver(room.as_str(), target, &envelope::frame(frame))
+        {
             RelayOutcome::Delivered
         } else {
             RelayOutcome::NotConnected
@@ -170,7 +175,7 @@ impl MemoryBroker {
         let env = envelope::frame(frame);
         set.iter()
             .filter(|m| *m != sender)
-            .filter(|m| self.registry.deliver(m.as_str(), &env))
+            .filter(|m| self.registry.deliver(room.as_str(), m.as_str(), &env))
             .count()
     }
 
@@ -222,6 +227,7 @@ impl MemoryBroker {
         for user in members.into_iter().flatten() {
             if let Some(entry) = state.users.remove(&user) {
                 self.registry.deliver(
+                    room.as_str(),
                     user.as_str(),
                     &envelope::kick(entry.session, KickReason::Kicked),
                 );
@@ -245,8 +251,11 @@ impl MemoryBroker {
             user,
             &envelope::left(user.as_str(), session, &frame),
         );
-        self.registry
-            .deliver(user.as_str(), &envelope::kick(session, KickReason::Kicked));
+        self.registry.deliver(
+            room.as_str(),
+            user.as_str(),
+            &envelope::kick(session, KickReason::Kicked),
+        );
         true
     }
 

@@ -7,10 +7,12 @@
 //! integration tests run one suite against each.
 
 pub mod keys;
+pub mod member_record;
 pub mod memory;
 pub mod redis;
 mod relay_conn;
 mod rooms_redis;
+mod script_keys;
 mod subscriber;
 
 use crate::ids::{RoomId, SessionId, UserId};
@@ -153,6 +155,9 @@ pub enum JoinResult {
     Joined(Joined),
     /// The room is at `max_users`; nothing was written.
     Full,
+    /// A later connection of the same user won the race for it; this session is
+    /// closed as replaced and nothing of it stays.
+    Superseded,
 }
 
 impl JoinRequest {
@@ -219,17 +224,17 @@ impl Broker {
 
     /// Makes sure this node receives `user`'s channel. Called before the user
     /// becomes visible, so nothing sent to the user right after its join is lost.
-    pub async fn subscribe(&self, user: &UserId) -> Result<(), BrokerError> {
+    pub async fn subscribe(&self, room: &RoomId, user: &UserId) -> Result<(), BrokerError> {
         match self {
-            Self::Redis(b) => b.subscribe(user).await,
+            Self::Redis(b) => b.subscribe(room, user).await,
             Self::Memory(_) => Ok(()),
         }
     }
 
-    /// Drops `user`'s channel unless a local session still needs it.
-    pub async fn unsubscribe(&self, user: &UserId) {
+    /// Drops `user`'s channel in `room` unless a local session still needs it.
+    pub async fn unsubscribe(&self, room: &RoomId, user: &UserId) {
         match self {
-            Self::Redis(b) => b.unsubscribe(user).await,
+            Self::Redis(b) => b.unsubscribe(room, user).await,
             Self::Memory(_) => {}
         }
     }

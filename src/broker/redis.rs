@@ -19,16 +19,18 @@ use redis::{AsyncConnectionConfig, Script};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
+use super::member_record::MemberRecord;
 use super::relay_conn::RelayConn;
+use super::script_keys;
 use super::subscriber::Subscriber;
 use super::{
     sort_members, BrokerError, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome,
 };
 use crate::config::RedisTarget;
 use crate::crypto::{self, PayloadCipher};
-use crate::envelope;
+use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
-use crate::protocol::{user_joined_frame, LeaveReason, Role, User, UserInfo};
+use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User, UserInfo};
 use crate::registry::{Registry, SessionHandle};
 
 /// Longest wait for one command, so a hung Redis turns into `unavailable`, not a hang.
@@ -46,37 +48,39 @@ const KEY_DIFFERS: u8 = 2;
 const DEAD_MARKER_SECS: u64 = 3600;
 
 pub(super) struct Scripts {
-    pub(super) join: Script,
-    pub(super) leave: Script,
+    pub(super) join_room: Script,
+    pub(super) claim_user: Script,
+    pub(super) leave_room: Script,
+    pub(super) leave_user: Script,
     pub(super) relay: Script,
     pub(super) broadcast: Script,
     pub(super) broadcast_sealed: Script,
-    pub(super) room_users: Script,
-    pub(super) restore: Script,
+    pub(super) restore_user: Script,
+    pub(super) restore_room: Script,
     pub(super) heartbeat: Script,
     pub(super) dead_nodes: Script,
     pub(super) claim_dead: Script,
     pub(super) create_room: Script,
     pub(super) close_room: Script,
-    pub(super) list_rooms: Script,
 }
 
 impl Scripts {
     fn load() -> Self {
         Self {
-            join: Script::new(include_str!("lua/join.lua")),
-            leave: Script::new(include_str!("lua/leave.lua")),
+            join_room: Script::new(include_str!("lua/join_room.lua")),
+            claim_user: Script::new(include_str!("lua/claim_user.lua")),
+            leave_room: Script::new(include_str!("lua/leave_room.lua")),
+            leave_user: Script::new(include_str!("lua/leave_user.lua")),
             relay: Script::new(include_str!("lua/relay.lua")),
             broadcast: Script::new(include_str!("lua/broadcast.lua")),
             broadcast_sealed: Script::new(include_str!("lua/broadcast_sealed.lua")),
-            room_users: Script::new(include_str!("lua/room_users.lua")),
-            restore: Script::new(include_str!("lua/restore.lua")),
+            restore_user: Script::new(include_str!("lua/restore_user.lua")),
+            restore_room: Script::new(include_str!("lua/restore_room.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             dead_nodes: Script::new(include_str!("lua/dead_nodes.lua")),
             claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
             create_room: Script::new(include_str!("lua/create_room.lua")),
             close_room: Script::new(include_str!("lua/close_room.lua")),
-            list_rooms: Script::new(include_str!("lua/list_rooms.lua")),
         }
     }
 }
@@ -263,95 +267,408 @@ impl RedisBroker {
             .map_err(|e| BrokerError::Pool(e.to_string()))
     }
 
-    pub(super) async fn subscribe(&self, user: &UserId) -> Result<(), BrokerError> {
-        self.subscriber.subscribe(user).await
+    pub(super) async fn subscribe(&self, room: &RoomId, user: &UserId) -> Result<(), BrokerError> {
+        self.subscriber.subscribe(room, user).await
     }
 
-    pub(super) async fn unsubscribe(&self, user: &UserId) {
-        self.subscriber.unsubscribe(user).await;
+    pub(super) async fn unsubscribe(&self, room: &RoomId, user: &UserId) {
+        self.subscriber.unsubscribe(room, user).await;
     }
 
+    /// A join, as single-slot steps (a script may touch one slot only). The order
+    /// makes a crash between any two steps harmless:
+    /// 1. a ticket from the user's claim counter (user slot): of two racing joins of
+    ///    one user, the higher ticket wins wherever their steps interleave;
+    /// 2. the session is recorded in this node's sessions hash (node slot) before it
+    ///    is visible anywhere, so if this node dies from here on, the dead-node sweep
+    ///    finds it and removes whatever the following steps wrote;
+    /// 3. the room step (room slot): capacity, the member's record, `user_joined` to
+    ///    the others, their records back. A refused join stops here and touches
+    ///    nothing of the user's live session;
+    /// 4. the user step (user slot): the user's hash now names this session; the
+    ///    previous owner comes back;
+    /// 5. the previous session is removed from its room (guarded by its session id)
+    ///    with `user_left` (`replaced`) when it was in another room, and told to close.
+    ///
+    /// A step after 3 that fails returns an error; the session then leaves, which
+    /// undoes 2 to 4 (each removal is guarded by the session id).
     pub(super) async fn join(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
+        let started = std::time::Instant::now();
+        let result = self.join_steps(req).await;
+        crate::metrics::redis_op("join", started.elapsed());
+        result
+    }
+
+    async fn join_steps(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
+        let (room, user) = (req.room.as_str(), req.user.as_str());
+        let session = req.session.to_string();
+        // A full room refuses before anything is written (a refused connection
+        // leaves nothing behind, not even undone steps); the room step checks again,
+        // atomically, for joins that race for the last seat.
+        if let Some(max) = req.max_users {
+            let (members, here): (u64, u64) = self
+                .pooled("join_capacity", async |conn| {
+                    let counts = redis::pipe()
+                        .scard(self.keys.room(room))
+                        .sismember(self.keys.room(room), user)
+                        .query_async(&mut *conn)
+                        .await?;
+                    Ok(counts)
+                })
+                .await?;
+            if members.saturating_sub(here) >= u64::from(max) {
+                return Ok(JoinResult::Full);
+            }
+        }
+        let claim = self.keys.user_claim(user);
+        let ticket: u64 = self
+            .pooled("join_ticket", async |conn| {
+                let (ticket,): (u64,) = redis::pipe()
+                    .atomic()
+                    .hincr(&claim, "next", 1)
+                    .expire(&claim, i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
+                    .ignore()
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(ticket)
+            })
+            .await?;
+        self.record_session(user, &session, room).await?;
+
         // Clear even with a payload key: the script publishes this one text to every
         // member's channel, so it cannot be sealed per channel, and it carries no
         // client payload (crypto.rs: membership may travel clear).
-        let joined = envelope::joined(
-            req.user.as_str(),
-            req.session,
-            &user_joined_frame(&req.user_object()),
-        );
-        let started = std::time::Instant::now();
-        let result = self
+        let joined = envelope::joined(user, req.session, &user_joined_frame(&req.user_object()));
+        let record = MemberRecord {
+            session: req.session,
+            ticket,
+            node: self.node_id.to_string(),
+            role: req.role,
+            joined_at: req.joined_at.clone(),
+        };
+        let reply: Vec<String> = self
             .pooled("join", async |conn| {
-                let reply: Vec<String> = self
-                    .scripts
-                    .join
-                    .key(self.keys.room(req.room.as_str()))
-                    .key(self.keys.user(req.user.as_str()))
-                    .key(self.keys.node_sessions(self.node_id.as_str()))
-                    .key(self.keys.rooms())
-                    .key(self.keys.room_meta(req.room.as_str()))
-                    .arg(req.user.as_str())
-                    .arg(req.room.as_str())
-                    .arg(req.session.to_string())
-                    .arg(self.node_id.as_str())
-                    .arg(&req.joined_at)
-                    .arg(req.role.as_str())
+                let mut invocation = self.scripts.join_room.prepare_invoke();
+                for key in script_keys::join_room(&self.keys, room) {
+                    invocation.key(key);
+                }
+                let reply: Vec<String> = invocation
+                    .arg(user)
+                    .arg(record.encode())
                     .arg(self.ttl_secs)
-                    .arg(self.keys.prefix())
+                    .arg(self.keys.room_channel_prefix(room))
                     .arg(joined)
                     .arg(req.max_users.unwrap_or(0))
+                    .arg(ticket)
+                    .arg(&session)
                     .invoke_async(&mut *conn)
                     .await?;
                 Ok(reply)
             })
-            .await;
-        crate::metrics::redis_op("join", started.elapsed());
-        let reply = result?;
-        let (replaced, members) = reply
+            .await?;
+        let (previous_here, members) = reply
             .split_first()
             .ok_or_else(|| BrokerError::Reply("empty join reply".into()))?;
-        if replaced == "!full" {
-            return Ok(JoinResult::Full);
+        match previous_here.as_str() {
+            "!full" | "!superseded" => {
+                self.release_claim(user).await;
+                self.forget_session(&session).await;
+                return Ok(if previous_here == "!full" {
+                    JoinResult::Full
+                } else {
+                    JoinResult::Superseded
+                });
+            }
+            _ => {}
         }
-        let mut members = members_from_quads(members, &req.room)?;
+        let mut members = records_to_members(members, &req.room)?;
         sort_members(&mut members);
-        Ok(JoinResult::Joined(Joined {
-            members,
-            replaced: SessionId::parse(replaced),
-        }))
+        self.index_room(room).await?;
+
+        let previous: Vec<String> = self
+            .pooled("claim_user", async |conn| {
+                let mut invocation = self.scripts.claim_user.prepare_invoke();
+                for key in script_keys::user(&self.keys, user) {
+                    invocation.key(key);
+                }
+                let previous: Vec<String> = invocation
+                    .arg(ticket)
+                    .arg(&session)
+                    .arg(room)
+                    .arg(&req.joined_at)
+                    .arg(req.role.as_str())
+                    .arg(self.node_id.as_str())
+                    .arg(self.ttl_secs)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(previous)
+            })
+            .await?;
+        let replaced = match previous.as_slice() {
+            [superseded] if superseded == "!superseded" => {
+                // A later join of this user owns it: undo the room step, then close.
+                self.leave_room(&req.room, user, &session, LeaveReason::Replaced)
+                    .await?;
+                self.forget_session(&session).await;
+                return Ok(JoinResult::Superseded);
+            }
+            [old_room, old_session, old_node] => {
+                self.displace(req, old_room, old_session, old_node, previous_here)
+                    .await?
+            }
+            _ => return Err(BrokerError::Reply("claim_user: bad reply".into())),
+        };
+        Ok(JoinResult::Joined(Joined { members, replaced }))
     }
 
-    /// Session-guarded removal of `user`'s `session`, announced with `reason`.
+    /// Step 5 of a join: the user's previous session, if any, leaves its room (only
+    /// if it was another room: in the same room the join already replaced its
+    /// record and members see just the new `user_joined`) and is told to close.
+    async fn displace(
+        &self,
+        req: &JoinRequest,
+        old_room: &str,
+        old_session: &str,
+        old_node: &str,
+        previous_here: &str,
+    ) -> Result<Option<SessionId>, BrokerError> {
+        let user = req.user.as_str();
+        // The owner by the user hash, or (after a lost user hash) the record this
+        // join overwrote in its own room.
+        let (old_room, old_session) = match SessionId::parse(old_session) {
+            Some(s) if s != req.session => (old_room.to_owned(), s),
+            _ => match MemberRecord::decode(previous_here) {
+                Some(r) if r.session != req.session => (req.room.to_string(), r.session),
+                _ => return Ok(None),
+            },
+        };
+        let Ok(old_room) = RoomId::parse(&old_room) else {
+            return Ok(None);
+        };
+        if old_room != req.room {
+            self.leave_room(
+                &old_room,
+                user,
+                &old_session.to_string(),
+                LeaveReason::Replaced,
+            )
+            .await?;
+        }
+        if !old_node.is_empty() {
+            self.forget_session_of(old_node, &old_session.to_string())
+                .await;
+        }
+        let kick = envelope::kick(old_session, KickReason::Replaced);
+        self.publish(&old_room, user, kick).await?;
+        Ok(Some(old_session))
+    }
+
+    /// Publishes an envelope on `user`'s channel in `room` (sealed when a key is set).
+    pub(super) async fn publish(
+        &self,
+        room: &RoomId,
+        user: &str,
+        envelope: String,
+    ) -> Result<(), BrokerError> {
+        let channel = self.keys.user_channel(room.as_str(), user);
+        let envelope = self.seal(&channel, envelope);
+        self.pooled("publish", async |conn| {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(envelope)
+                .query_async::<i64>(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds `room` to the room index (`GET /rooms`), its own slot.
+    pub(super) async fn index_room(&self, room: &str) -> Result<(), BrokerError> {
+        self.pooled("index_room", async |conn| {
+            redis::cmd("ZADD")
+                .arg(self.keys.rooms())
+                .arg(0)
+                .arg(room)
+                .query_async::<i64>(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Drops `room` from the index if it is empty and was not created (re-checked
+    /// here, so a join that raced in after the leave keeps it listed).
+    pub(super) async fn unindex_room_if_gone(&self, room: &str) -> Result<(), BrokerError> {
+        self.pooled("unindex_room", async |conn| {
+            let (members, meta): (u64, u64) = redis::pipe()
+                .scard(self.keys.room(room))
+                .exists(self.keys.room_meta(room))
+                .query_async(&mut *conn)
+                .await?;
+            if members == 0 && meta == 0 {
+                redis::cmd("ZREM")
+                    .arg(self.keys.rooms())
+                    .arg(room)
+                    .query_async::<i64>(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives a refused join's ticket back: the claim hash goes if no session owns
+    /// the user (a later ticket from a fresh counter still orders correctly, ties
+    /// broken by session id).
+    async fn release_claim(&self, user: &str) {
+        let claim = self.keys.user_claim(user);
+        let _ = self
+            .pooled("release_claim", async |conn| {
+                let owner: Option<String> = redis::cmd("HGET")
+                    .arg(&claim)
+                    .arg("session")
+                    .query_async(&mut *conn)
+                    .await?;
+                if owner.is_none() {
+                    redis::cmd("DEL")
+                        .arg(&claim)
+                        .query_async::<i64>(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await;
+    }
+
+    /// Records a session of this node (node slot): field the session id, value
+    /// `user room`, so that if this node dies the sweep can evict it, room
+    /// included. One field per session: a second connection of the same user on
+    /// this node never overwrites the first one's record.
+    async fn record_session(
+        &self,
+        user: &str,
+        session: &str,
+        room: &str,
+    ) -> Result<(), BrokerError> {
+        let key = self.keys.node_sessions(self.node_id.as_str());
+        self.pooled("record_session", async |conn| {
+            redis::pipe()
+                .hset(&key, session, format!("{user} {room}"))
+                .ignore()
+                .expire(&key, i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
+                .ignore()
+                .query_async::<()>(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Drops this node's record of a session.
+    async fn forget_session(&self, session: &str) {
+        let node = self.node_id.to_string();
+        self.forget_session_of(&node, session).await;
+    }
+
+    /// Drops `node`'s record of `session`; best effort (a record left behind is
+    /// evicted harmlessly: every removal is session-guarded).
+    async fn forget_session_of(&self, node: &str, session: &str) {
+        let key = self.keys.node_sessions(node);
+        let _ = self
+            .pooled("forget_session", async |conn| {
+                redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(session)
+                    .query_async::<i64>(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+            .await;
+    }
+
+    /// The room step of a leave: removes `user`'s `session` from `room` if its
+    /// record there is still that session's, announcing `reason`; then unlists an
+    /// emptied room. Returns whether it was removed.
+    async fn leave_room(
+        &self,
+        room: &RoomId,
+        user: &str,
+        session: &str,
+        reason: LeaveReason,
+    ) -> Result<bool, BrokerError> {
+        let Some(session_id) = SessionId::parse(session) else {
+            return Ok(false);
+        };
+        // Clear even with a payload key, like `J` (see join).
+        let left = envelope::left(
+            user,
+            session_id,
+            &user_left_frame(user, room.as_str(), reason),
+        );
+        let (removed, remaining, meta): (i64, i64, i64) = self
+            .pooled("leave_room", async |conn| {
+                let mut invocation = self.scripts.leave_room.prepare_invoke();
+                for key in script_keys::leave_room(&self.keys, room.as_str()) {
+                    invocation.key(key);
+                }
+                let reply: (i64, i64, i64) = invocation
+                    .arg(user)
+                    .arg(session)
+                    .arg(self.keys.room_channel_prefix(room.as_str()))
+                    .arg(left)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(reply)
+            })
+            .await?;
+        if remaining == 0 && meta == 0 {
+            self.unindex_room_if_gone(room.as_str()).await?;
+        }
+        Ok(removed == 1)
+    }
+
+    /// The user step of a leave: the user's hash and claim go if still `session`'s.
+    pub(super) async fn leave_user(&self, user: &str, session: &str) -> Result<bool, BrokerError> {
+        self.pooled("leave_user", async |conn| {
+            let mut invocation = self.scripts.leave_user.prepare_invoke();
+            for key in script_keys::user(&self.keys, user) {
+                invocation.key(key);
+            }
+            let removed: i64 = invocation.arg(session).invoke_async(&mut *conn).await?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
+    /// Session-guarded removal of `user`'s `session` from `room` (announced with
+    /// `reason`), then of the user's hash. Room first, so the members hear it at
+    /// once; a crash in between leaves a user hash that the sweep or the TTL ends.
     pub(super) async fn evict(
         &self,
+        room: &RoomId,
         user: &str,
         session: &str,
         reason: LeaveReason,
     ) -> Result<bool, BrokerError> {
         let started = std::time::Instant::now();
-        let result = self
-            .pooled("leave", async |conn| {
-                let removed: i64 = self
-                    .scripts
-                    .leave
-                    .key(self.keys.user(user))
-                    .arg(user)
-                    .arg(session)
-                    .arg(self.keys.prefix())
-                    .arg(reason.as_str())
-                    .invoke_async(&mut *conn)
-                    .await?;
-                Ok(removed == 1)
-            })
-            .await;
+        let result = async {
+            let removed = self.leave_room(room, user, session, reason).await?;
+            let user_removed = self.leave_user(user, session).await?;
+            Ok(removed || user_removed)
+        }
+        .await;
         crate::metrics::redis_op("leave", started.elapsed());
         result
     }
 
     pub(super) async fn leave(&self, req: &LeaveRequest) -> Result<bool, BrokerError> {
-        self.evict(req.user.as_str(), &req.session.to_string(), req.reason)
-            .await
+        let session = req.session.to_string();
+        let removed = self
+            .evict(&req.room, req.user.as_str(), &session, req.reason)
+            .await?;
+        self.forget_session(&session).await;
+        Ok(removed)
     }
 
     /// Runs `invocation` on the relay connection, replacing it when Redis stopped answering.
@@ -396,14 +713,13 @@ impl RedisBroker {
         target: &str,
         frame: &str,
     ) -> Result<RelayOutcome, BrokerError> {
-        let channel = self.keys.user_channel(target);
+        let channel = self.keys.user_channel(room.as_str(), target);
         let envelope = self.seal(&channel, envelope::frame(frame));
         let mut invocation = self.scripts.relay.prepare_invoke();
-        invocation
-            .key(self.keys.room(room.as_str()))
-            .key(channel)
-            .arg(target)
-            .arg(envelope);
+        for key in script_keys::relay(&self.keys, room.as_str(), target) {
+            invocation.key(key);
+        }
+        invocation.arg(target).arg(envelope);
         let n = self.relay_call("relay", &invocation).await?;
         Ok(match n {
             n if n < 0 => RelayOutcome::NotInRoom,
@@ -423,10 +739,12 @@ impl RedisBroker {
         }
         let envelope = envelope::frame(frame);
         let mut invocation = self.scripts.broadcast.prepare_invoke();
+        for key in script_keys::broadcast(&self.keys, room.as_str()) {
+            invocation.key(key);
+        }
         invocation
-            .key(self.keys.room(room.as_str()))
             .arg(sender.as_str())
-            .arg(self.keys.prefix())
+            .arg(self.keys.room_channel_prefix(room.as_str()))
             .arg(envelope);
         let n = self.relay_call("broadcast", &invocation).await?;
         Ok(usize::try_from(n).unwrap_or(0))
@@ -458,37 +776,43 @@ impl RedisBroker {
             self.note("broadcast_members", result.map_err(BrokerError::from))?
         };
         let envelope = envelope::frame(frame);
-        let mut invocation = self.scripts.broadcast_sealed.prepare_invoke();
-        invocation.key(room_key);
-        let mut copies = 0;
-        for member in members.iter().filter(|m| m.as_str() != sender.as_str()) {
-            let channel = self.keys.user_channel(member);
-            let sealed = cipher.seal(&channel, &envelope);
-            invocation.key(channel).arg(member).arg(sealed);
-            copies += 1;
-        }
-        if copies == 0 {
+        let others: Vec<&str> = members
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != sender.as_str())
+            .collect();
+        if others.is_empty() {
             return Ok(0);
+        }
+        let mut invocation = self.scripts.broadcast_sealed.prepare_invoke();
+        for key in script_keys::broadcast_sealed(&self.keys, room.as_str(), others.iter().copied())
+        {
+            invocation.key(key);
+        }
+        for member in &others {
+            let channel = self.keys.user_channel(room.as_str(), member);
+            invocation
+                .arg(*member)
+                .arg(cipher.seal(&channel, &envelope));
         }
         let n = self.relay_call("broadcast", &invocation).await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
     pub(super) async fn room_members(&self, room: &RoomId) -> Result<Vec<Member>, BrokerError> {
-        let result = self
+        // The set says who is a member; the records say as what.
+        let (listed, flat): (Vec<String>, Vec<String>) = self
             .pooled("room_users", async |conn| {
-                let reply: Vec<String> = self
-                    .scripts
-                    .room_users
-                    .key(self.keys.room(room.as_str()))
-                    .arg(self.keys.prefix())
-                    .arg(room.as_str())
-                    .invoke_async(&mut *conn)
+                let reply = redis::pipe()
+                    .smembers(self.keys.room(room.as_str()))
+                    .hgetall(self.keys.room_members(room.as_str()))
+                    .query_async(&mut *conn)
                     .await?;
                 Ok(reply)
             })
-            .await;
-        let mut members = members_from_quads(&result?, room)?;
+            .await?;
+        let mut members = records_to_members(&flat, room)?;
+        members.retain(|(user, _)| listed.contains(&user.user_id));
         sort_members(&mut members);
         Ok(members)
     }
@@ -529,16 +853,20 @@ impl RedisBroker {
         rooms.dedup();
         let mut pipe = redis::pipe();
         for (user, _) in members {
-            pipe.cmd("EXPIRE")
-                .arg(self.keys.user(user.as_str()))
-                .arg(self.ttl_secs)
-                .ignore();
+            for key in [
+                self.keys.user(user.as_str()),
+                self.keys.user_claim(user.as_str()),
+            ] {
+                pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
+            }
         }
         for room in rooms {
-            pipe.cmd("EXPIRE")
-                .arg(self.keys.room(room.as_str()))
-                .arg(self.ttl_secs)
-                .ignore();
+            for key in [
+                self.keys.room(room.as_str()),
+                self.keys.room_members(room.as_str()),
+            ] {
+                pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
+            }
             pipe.cmd("EXPIRE")
                 .arg(self.keys.room_meta(room.as_str()))
                 .arg(self.ttl_secs)
@@ -710,49 +1038,126 @@ impl RedisBroker {
             .collect();
         let stale: Vec<String> = flat
             .chunks_exact(2)
-            .filter(|pair| !live.contains(&pair[1]))
+            .filter(|pair| !live.contains(&pair[0]))
             .flatten()
             .cloned()
             .collect();
-        self.evict_pairs(&stale).await
+        let evicted = self.evict_pairs(&stale).await?;
+        for pair in stale.chunks_exact(2) {
+            self.forget_session(&pair[0]).await;
+        }
+        Ok(evicted)
     }
 
+    /// Evicts the sessions of a node's sessions hash, given as (field, value)
+    /// pairs: (session, `user room`); or (user, session) as an older version wrote
+    /// them, whose room is then read from the user's hash.
     async fn evict_pairs(&self, flat: &[String]) -> Result<usize, BrokerError> {
         let mut evicted = 0;
         for pair in flat.chunks_exact(2) {
-            if self.evict(&pair[0], &pair[1], LeaveReason::Timeout).await? {
+            let (user, session, room) = match pair[1].split_once(' ') {
+                Some((user, room)) => (user.to_owned(), pair[0].clone(), Some(room.to_owned())),
+                None => {
+                    let room = self.room_of(&pair[0], &pair[1]).await?;
+                    (pair[0].clone(), pair[1].clone(), room)
+                }
+            };
+            let Some(room) = room.and_then(|r| RoomId::parse(&r).ok()) else {
+                self.leave_user(&user, &session).await?;
+                continue;
+            };
+            if self
+                .evict(&room, &user, &session, LeaveReason::Timeout)
+                .await?
+            {
                 evicted += 1;
             }
         }
         Ok(evicted)
     }
 
-    /// Writes a live local session back after Redis lost it. Returns false when
-    /// another session owns the user now (this one is stale).
+    /// The room `user` is in, if the user's hash still names `session`.
+    pub(super) async fn room_of(
+        &self,
+        user: &str,
+        session: &str,
+    ) -> Result<Option<String>, BrokerError> {
+        let fields = self
+            .pooled("user", async |conn| {
+                let fields: (Option<String>, Option<String>) = redis::cmd("HMGET")
+                    .arg(self.keys.user(user))
+                    .arg(&["room_id", "session_id"])
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(fields)
+            })
+            .await?;
+        Ok(match fields {
+            (Some(room), Some(s)) if s == session => Some(room),
+            _ => None,
+        })
+    }
+
+    /// Writes a live local session back after Redis lost it: the user step first
+    /// (a user now owned by another session makes this one stale: nothing else is
+    /// written), then the room step, then this node's record and the room index.
+    /// Returns false when another session owns the user now.
     pub async fn restore(
         &self,
         user: &UserId,
         handle: &SessionHandle,
     ) -> Result<bool, BrokerError> {
-        self.pooled("restore", async |conn| {
-            let restored: i64 = self
-                .scripts
-                .restore
-                .key(self.keys.room(handle.room_id.as_str()))
-                .key(self.keys.user(user.as_str()))
-                .key(self.keys.node_sessions(self.node_id.as_str()))
-                .arg(user.as_str())
-                .arg(handle.room_id.as_str())
-                .arg(handle.session_id.to_string())
-                .arg(self.node_id.as_str())
-                .arg(&handle.joined_at)
-                .arg(handle.role.as_str())
-                .arg(self.ttl_secs)
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(restored == 1)
-        })
-        .await
+        let (room, session) = (handle.room_id.as_str(), handle.session_id.to_string());
+        let restored: i64 = self
+            .pooled("restore_user", async |conn| {
+                let mut invocation = self.scripts.restore_user.prepare_invoke();
+                for key in script_keys::user(&self.keys, user.as_str()) {
+                    invocation.key(key);
+                }
+                let restored: i64 = invocation
+                    .arg(&session)
+                    .arg(room)
+                    .arg(&handle.joined_at)
+                    .arg(handle.role.as_str())
+                    .arg(self.node_id.as_str())
+                    .arg(self.ttl_secs)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(restored)
+            })
+            .await?;
+        if restored != 1 {
+            return Ok(false);
+        }
+        let record = MemberRecord {
+            session: handle.session_id,
+            ticket: 0,
+            node: self.node_id.to_string(),
+            role: handle.role,
+            joined_at: handle.joined_at.clone(),
+        };
+        let restored: i64 = self
+            .pooled("restore_room", async |conn| {
+                let mut invocation = self.scripts.restore_room.prepare_invoke();
+                for key in script_keys::restore_room(&self.keys, room) {
+                    invocation.key(key);
+                }
+                let restored: i64 = invocation
+                    .arg(user.as_str())
+                    .arg(record.encode())
+                    .arg(&session)
+                    .arg(self.ttl_secs)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(restored)
+            })
+            .await?;
+        if restored != 1 {
+            return Ok(false);
+        }
+        self.record_session(user.as_str(), &session, room).await?;
+        self.index_room(room).await?;
+        Ok(true)
     }
 }
 
@@ -800,25 +1205,20 @@ impl CommandErrorLog {
     }
 }
 
-/// Decodes `{member, joined_at, role, session_id, ...}` from the scripts.
-fn members_from_quads(flat: &[String], room: &RoomId) -> Result<Vec<Member>, BrokerError> {
-    if !flat.len().is_multiple_of(4) {
+/// Decodes `{member, record, member, record, ...}` (a room's members hash, or a
+/// join's reply) into members; a malformed record is skipped (it is not a member).
+fn records_to_members(flat: &[String], room: &RoomId) -> Result<Vec<Member>, BrokerError> {
+    if !flat.len().is_multiple_of(2) {
         return Err(BrokerError::Reply(format!(
             "member list of length {}",
             flat.len()
         )));
     }
-    flat.chunks_exact(4)
-        .map(|q| {
-            let session = SessionId::parse(&q[3])
-                .ok_or_else(|| BrokerError::Reply(format!("bad session id for {}", q[0])))?;
-            let user = User {
-                user_id: q[0].clone(),
-                room_id: room.to_string(),
-                joined_at: q[1].clone(),
-                role: Role::parse(&q[2]),
-            };
-            Ok((user, session))
+    Ok(flat
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let record = MemberRecord::decode(&pair[1])?;
+            Some((record.user(&pair[0], room.as_str()), record.session))
         })
-        .collect()
+        .collect())
 }

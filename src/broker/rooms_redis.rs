@@ -1,7 +1,9 @@
 //! Room administration on the Redis engine: created rooms' settings, listing,
 //! closing and kicking. Every change that touches several keys is one Lua script.
 
+use super::member_record::MemberRecord;
 use super::redis::RedisBroker;
+use super::script_keys;
 use super::{BrokerError, RoomInfo, RoomMeta, RoomPage};
 use crate::envelope::{self, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
@@ -59,49 +61,75 @@ impl RedisBroker {
         Ok((count > 0 || meta.is_some()).then_some(RoomInfo { count, meta }))
     }
 
+    /// Creates the room's metadata (room slot), then lists it in the index.
     pub(super) async fn create_room(
         &self,
         room: &RoomId,
         meta: &RoomMeta,
     ) -> Result<bool, BrokerError> {
-        self.pooled("create_room", async |conn| {
-            let created: i64 = self
-                .scripts
-                .create_room
-                .key(self.keys.room_meta(room.as_str()))
-                .key(self.keys.room(room.as_str()))
-                .key(self.keys.rooms())
-                .arg(room.as_str())
-                .arg(&meta.created_at)
-                .arg(meta.password_hash.as_deref().unwrap_or(""))
-                .arg(meta.max_users.map(|m| m.to_string()).unwrap_or_default())
-                .arg(if meta.moderated { "1" } else { "0" })
-                .arg(meta.hosts.join(","))
-                .arg(self.ttl_secs)
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(created == 1)
-        })
-        .await
-    }
-
-    pub(super) async fn close_room(&self, room: &RoomId) -> Result<Option<usize>, BrokerError> {
-        let kicked = self
-            .pooled("close_room", async |conn| {
-                let kicked: i64 = self
-                    .scripts
-                    .close_room
-                    .key(self.keys.room(room.as_str()))
-                    .key(self.keys.room_meta(room.as_str()))
-                    .key(self.keys.rooms())
-                    .arg(room.as_str())
-                    .arg(self.keys.prefix())
+        let created = self
+            .pooled("create_room", async |conn| {
+                let mut invocation = self.scripts.create_room.prepare_invoke();
+                for key in script_keys::create_room(&self.keys, room.as_str()) {
+                    invocation.key(key);
+                }
+                let created: i64 = invocation
+                    .arg(&meta.created_at)
+                    .arg(meta.password_hash.as_deref().unwrap_or(""))
+                    .arg(meta.max_users.map(|m| m.to_string()).unwrap_or_default())
+                    .arg(if meta.moderated { "1" } else { "0" })
+                    .arg(meta.hosts.join(","))
+                    .arg(self.ttl_secs)
                     .invoke_async(&mut *conn)
                     .await?;
-                Ok(kicked)
+                Ok(created == 1)
             })
             .await?;
-        Ok(usize::try_from(kicked).ok())
+        if created {
+            self.index_room(room.as_str()).await?;
+        }
+        Ok(created)
+    }
+
+    /// Closes a room: its keys go in one step (room slot), so nothing reaches its
+    /// members any more; then each member's session is told to close (`kicked`),
+    /// each member's user hash goes (session-guarded, user slots), and the index
+    /// entry goes. Members hear no `user_left`: everyone is leaving.
+    pub(super) async fn close_room(&self, room: &RoomId) -> Result<Option<usize>, BrokerError> {
+        let reply: Vec<String> = self
+            .pooled("close_room", async |conn| {
+                let mut invocation = self.scripts.close_room.prepare_invoke();
+                for key in script_keys::leave_room(&self.keys, room.as_str()) {
+                    invocation.key(key);
+                }
+                let reply: Vec<String> = invocation.invoke_async(&mut *conn).await?;
+                Ok(reply)
+            })
+            .await?;
+        let Some((status, members)) = reply.split_first() else {
+            return Err(BrokerError::Reply("empty close_room reply".into()));
+        };
+        if status == "-1" {
+            self.unindex_room_if_gone(room.as_str()).await?;
+            return Ok(None);
+        }
+        let mut kicked = 0;
+        for pair in members.chunks_exact(2) {
+            let Some(record) = MemberRecord::decode(&pair[1]) else {
+                continue;
+            };
+            let user = pair[0].as_str();
+            self.publish(
+                room,
+                user,
+                envelope::kick(record.session, KickReason::Kicked),
+            )
+            .await?;
+            self.leave_user(user, &record.session.to_string()).await?;
+            kicked += 1;
+        }
+        self.unindex_room_if_gone(room.as_str()).await?;
+        Ok(Some(kicked))
     }
 
     pub(super) async fn kick(&self, room: &RoomId, user: &UserId) -> Result<bool, BrokerError> {
@@ -123,55 +151,76 @@ impl RedisBroker {
         // works even if the node holding the session is gone; then that node, if
         // alive, closes the socket.
         if !self
-            .evict(user.as_str(), &session, LeaveReason::Kicked)
+            .evict(room, user.as_str(), &session, LeaveReason::Kicked)
             .await?
         {
             return Ok(false);
         }
         if let Some(session) = SessionId::parse(&session) {
-            let kick = envelope::kick(session, KickReason::Kicked);
-            self.pooled("kick_publish", async |conn| {
-                redis::cmd("PUBLISH")
-                    .arg(self.keys.user_channel(user.as_str()))
-                    .arg(kick)
-                    .query_async::<i64>(&mut *conn)
-                    .await?;
-                Ok(())
-            })
+            self.publish(
+                room,
+                user.as_str(),
+                envelope::kick(session, KickReason::Kicked),
+            )
             .await?;
         }
         Ok(true)
     }
 
+    /// One page of the room index in id order after `cursor`, with member counts.
+    /// Entries whose room vanished (no members, metadata expired) are dropped from
+    /// the index on the way. Each read is one key, so it works across slots.
     pub(super) async fn list_rooms(
         &self,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<RoomPage, BrokerError> {
-        let flat = self
-            .pooled("list_rooms", async |conn| {
-                let flat: Vec<String> = self
-                    .scripts
-                    .list_rooms
-                    .key(self.keys.rooms())
-                    .arg(self.keys.prefix())
-                    .arg(cursor.unwrap_or(""))
-                    .arg(limit)
-                    .invoke_async(&mut *conn)
-                    .await?;
-                Ok(flat)
-            })
-            .await?;
-        let (next, rest) = flat
-            .split_first()
-            .ok_or_else(|| BrokerError::Reply("empty room page".into()))?;
-        let rooms = rest
-            .chunks_exact(2)
-            .map(|pair| (pair[0].clone(), pair[1].parse().unwrap_or(0)))
-            .collect();
-        Ok(RoomPage {
-            rooms,
-            next_cursor: (!next.is_empty()).then(|| next.clone()),
-        })
+        let mut start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({c}"));
+        let mut rooms: Vec<(String, usize)> = Vec::new();
+        loop {
+            let batch: Vec<String> = self
+                .pooled("list_rooms", async |conn| {
+                    let batch: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                        .arg(self.keys.rooms())
+                        .arg(&start)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit + 1)
+                        .query_async(&mut *conn)
+                        .await?;
+                    Ok(batch)
+                })
+                .await?;
+            if batch.is_empty() {
+                return Ok(RoomPage {
+                    rooms,
+                    next_cursor: None,
+                });
+            }
+            let counts: Vec<(usize, bool)> = self
+                .pooled("list_rooms", async |conn| {
+                    let mut pipe = redis::pipe();
+                    for room in &batch {
+                        pipe.scard(self.keys.room(room))
+                            .exists(self.keys.room_meta(room));
+                    }
+                    let flat: Vec<usize> = pipe.query_async(&mut *conn).await?;
+                    Ok(flat.chunks_exact(2).map(|c| (c[0], c[1] == 1)).collect())
+                })
+                .await?;
+            for (room, (count, created)) in batch.iter().zip(counts) {
+                if count == 0 && !created {
+                    self.unindex_room_if_gone(room).await?;
+                } else if rooms.len() == limit {
+                    // A live room beyond this page: the page ends with the previous one.
+                    let next_cursor = rooms.last().map(|(id, _)| id.clone());
+                    return Ok(RoomPage { rooms, next_cursor });
+                } else {
+                    rooms.push((room.clone(), count));
+                }
+                start = format!("({room}");
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! The node's one pub/sub connection. It carries every local user's channel and
-//! hands each message to the registry. It is rebuilt with capped backoff when the
+//! The node's one pub/sub connection. It carries the channel of every (room, user)
+//! with a local session and hands each message to the registry. It is rebuilt with capped backoff when the
 //! connection drops, and every local user is resubscribed (in batches) on reconnect.
 //!
 //! A connection can look alive yet deliver nothing (a failover, a proxy that
 //! stopped forwarding). So the subscriber also holds the node's own channel and
 //! probes it: every [`PROBE_INTERVAL`] it publishes a nonce there and expects it
-//! back within [`PROBE_TIMEOUT`]; a lost probe rebuilds the connection.
+//! back within [`PROBE_TIMEOUT`]; a lost probe rebuilds the connection. The probe
+//! is published by a task of its own, so deliveries never wait behind it.
 //!
 //! Subscribe and unsubscribe go through one lock that also holds the sink, and an
 //! unsubscribe re-checks the registry under it: a user who reconnects while its
@@ -17,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redis::aio::{PubSub, PubSubSink, PubSubStream};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
 use super::BrokerError;
 use crate::crypto::{self, PayloadCipher};
-use crate::ids::{NodeId, UserId};
+use crate::ids::{NodeId, RoomId, UserId};
 use crate::registry::Registry;
 
 /// Longest wait for any pub/sub command.
@@ -99,9 +100,9 @@ impl Subscriber {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Subscribes to `user`'s channel; resolves once Redis confirmed it.
-    pub(super) async fn subscribe(&self, user: &UserId) -> Result<(), BrokerError> {
-        let channel = self.keys.user_channel(user.as_str());
+    /// Subscribes to `user`'s channel in `room`; resolves once Redis confirmed it.
+    pub(super) async fn subscribe(&self, room: &RoomId, user: &UserId) -> Result<(), BrokerError> {
+        let channel = self.keys.user_channel(room.as_str(), user.as_str());
         let mut guard = tokio::time::timeout(OP_TIMEOUT, self.sink.lock())
             .await
             .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))?;
@@ -112,13 +113,14 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Unsubscribes from `user`'s channel unless a local session took it over meanwhile.
-    pub(super) async fn unsubscribe(&self, user: &UserId) {
-        let channel = self.keys.user_channel(user.as_str());
+    /// Unsubscribes from `user`'s channel in `room` unless a local session of that
+    /// user in that room took it over meanwhile.
+    pub(super) async fn unsubscribe(&self, room: &RoomId, user: &UserId) {
+        let channel = self.keys.user_channel(room.as_str(), user.as_str());
         let Ok(mut guard) = tokio::time::timeout(OP_TIMEOUT, self.sink.lock()).await else {
             return;
         };
-        if self.registry.contains(user.as_str()) {
+        if self.registry.contains_in(room.as_str(), user.as_str()) {
             return;
         }
         if let Some(sink) = guard.as_mut() {
@@ -189,9 +191,9 @@ impl Subscriber {
         let mut channels: Vec<String> = vec![self.node_channel.clone()];
         channels.extend(
             self.registry
-                .snapshot()
+                .channels()
                 .iter()
-                .map(|(user, _)| self.keys.user_channel(user.as_str())),
+                .map(|(room, user)| self.keys.user_channel(room.as_str(), user.as_str())),
         );
         for batch in channels.chunks(RESUBSCRIBE_BATCH) {
             tokio::time::timeout(OP_TIMEOUT, sink.subscribe(batch))
@@ -208,16 +210,34 @@ impl Subscriber {
     async fn pump(&self, mut stream: PubSubStream, cancel: &CancellationToken) -> Lost {
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The probe in flight: its nonce and when it was sent.
-        let mut outstanding: Option<(String, Instant)> = None;
+        // The probe in flight, and the publish of it while that runs.
+        let mut outstanding: Option<Probe> = None;
+        let mut publishing: Option<oneshot::Receiver<bool>> = None;
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return Lost::Stopping,
                 _ = probe_tick.tick() => {
                     match &outstanding {
-                        Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => return Lost::Silent,
+                        Some(Probe { published_at: Some(at), .. }) if at.elapsed() > PROBE_TIMEOUT => {
+                            return Lost::Silent
+                        }
                         Some(_) => {}
-                        None => outstanding = self.send_probe().await,
+                        None => {
+                            let (nonce, done) = self.spawn_probe();
+                            outstanding = Some(Probe { nonce, published_at: None });
+                            publishing = Some(done);
+                        }
+                    }
+                    continue;
+                }
+                published = wait_published(&mut publishing) => {
+                    publishing = None;
+                    match (published, outstanding.as_mut()) {
+                        (true, Some(probe)) => probe.published_at = Some(Instant::now()),
+                        // Came back before its publish was confirmed: nothing to wait for.
+                        (true, None) => {}
+                        // The command path failed (reported there): not a lost probe.
+                        (false, _) => outstanding = None,
                     }
                     continue;
                 }
@@ -229,13 +249,13 @@ impl Subscriber {
                 let nonce = msg.get_payload_bytes();
                 if outstanding
                     .as_ref()
-                    .is_some_and(|(n, _)| n.as_bytes() == nonce)
+                    .is_some_and(|p| p.nonce.as_bytes() == nonce)
                 {
                     outstanding = None;
                 }
                 continue;
             }
-            let Some(user) = self.keys.user_of_channel(channel) else {
+            let Some((room, user)) = self.keys.channel_target(channel) else {
                 continue;
             };
             let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
@@ -244,7 +264,7 @@ impl Subscriber {
             };
             match crypto::open(self.cipher.as_deref(), channel, text) {
                 Ok(text) => {
-                    self.registry.deliver(user, &text);
+                    self.registry.deliver(room, user, &text);
                 }
                 Err(e) => self.report_unreadable(user, e),
             }
@@ -269,19 +289,41 @@ impl Subscriber {
         }
     }
 
-    /// Publishes a probe on the node's channel. `None` when the publish itself
-    /// failed: that is the command path's outage, reported there, not a lost probe.
-    async fn send_probe(&self) -> Option<(String, Instant)> {
+    /// Publishes a probe on the node's channel from a task of its own, so the
+    /// dispatch loop never waits for the command pool. The receiver says whether the
+    /// publish went through (a failure is the command path's outage, not a lost probe).
+    fn spawn_probe(&self) -> (String, oneshot::Receiver<bool>) {
         let nonce = uuid::Uuid::new_v4().to_string();
-        let publish = async {
-            let mut conn = self.commands.get().await.ok()?;
-            let mut cmd = redis::cmd("PUBLISH");
-            cmd.arg(&self.node_channel).arg(&nonce);
-            cmd.query_async::<i64>(&mut *conn).await.ok()
-        };
-        match tokio::time::timeout(OP_TIMEOUT, publish).await {
-            Ok(Some(_)) => Some((nonce, Instant::now())),
-            _ => None,
-        }
+        let (done, published) = oneshot::channel();
+        let (pool, channel, text) = (
+            self.commands.clone(),
+            self.node_channel.clone(),
+            nonce.clone(),
+        );
+        tokio::spawn(async move {
+            let publish = async {
+                let mut conn = pool.get().await.ok()?;
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(&channel).arg(&text);
+                cmd.query_async::<i64>(&mut *conn).await.ok()
+            };
+            let ok = matches!(tokio::time::timeout(OP_TIMEOUT, publish).await, Ok(Some(_)));
+            let _ = done.send(ok);
+        });
+        (nonce, published)
+    }
+}
+
+/// A probe on its way: its nonce, and when its publish was confirmed.
+struct Probe {
+    nonce: String,
+    published_at: Option<Instant>,
+}
+
+/// The outcome of the probe publish in flight; never resolves while none is.
+async fn wait_published(publishing: &mut Option<oneshot::Receiver<bool>>) -> bool {
+    match publishing {
+        Some(done) => done.await.unwrap_or(false),
+        None => std::future::pending().await,
     }
 }

@@ -95,6 +95,14 @@ pub(super) const ROOM_FULL: Refusal = Refusal {
     text: "the room is full",
 };
 
+/// The refusal of a join that a newer connection of the same user overtook: as
+/// for any replaced session.
+pub(super) const SUPERSEDED: Refusal = Refusal {
+    code: ErrorCode::Replaced,
+    close: close_code::REPLACED,
+    text: "replaced by a newer connection",
+};
+
 /// The refusal when the store cannot be reached.
 pub(super) const STORE_DOWN: Refusal = UNAVAILABLE;
 

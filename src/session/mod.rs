@@ -166,7 +166,7 @@ async fn serve(
 
     // Subscribe before the join makes the user visible, so a member reacting to
     // `user_joined` at once never sends into the void.
-    if let Err(e) = state.broker.subscribe(&user).await {
+    if let Err(e) = state.broker.subscribe(&room, &user).await {
         tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
         forget(&state, &user, session).await;
         let refusal = admission::STORE_DOWN;
@@ -178,6 +178,12 @@ async fn serve(
             tracing::info!("join refused: room full");
             forget(&state, &user, session).await;
             let refusal = admission::ROOM_FULL;
+            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+        }
+        Ok(JoinResult::Superseded) => {
+            tracing::info!("join lost the race to a newer connection of the same user");
+            forget(&state, &user, session).await;
+            let refusal = admission::SUPERSEDED;
             return reject(socket, refusal.code, refusal.close, refusal.text).await;
         }
         Err(e) => {
@@ -462,9 +468,10 @@ async fn leave(
     }
 }
 
-/// Drops the local session and, if it was the user's last, the user's channel.
+/// Drops the local session and, if it was the user's last in its room, the
+/// user's channel in that room.
 async fn forget(state: &AppState, user: &UserId, session: SessionId) {
-    if state.registry.remove(user, session) {
-        state.broker.unsubscribe(user).await;
+    if let Some(room) = state.registry.remove(user, session) {
+        state.broker.unsubscribe(&room, user).await;
     }
 }

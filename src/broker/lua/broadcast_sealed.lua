@@ -1,3 +1,4 @@
+#!lua
 -- Publishes one envelope per member, each sealed by the node for that member's
 -- channel (PAYLOAD_ENCRYPTION_KEY binds a sealed envelope to its channel, so one
 -- text cannot serve every member as in broadcast.lua). A member that left since

@@ -1,0 +1,48 @@
+#!lua
+-- A join's step in the room's slot (RedisBroker::join writes the order of steps):
+-- the capacity check, the member's record, and `user_joined` for the others, in one
+-- atomic step, so `room_users` and `user_joined` never overlap or miss a member.
+-- KEYS[1] room set, KEYS[2] room members hash, KEYS[3] room metadata hash
+-- ARGV: 1 user_id, 2 member record, 3 ttl seconds, 4 the room's channel prefix,
+--       5 `J` envelope for the members, 6 max_users (0: unlimited), 7 ticket,
+--       8 session_id
+-- Returns { "!full" } or { "!superseded" } (nothing written), else
+-- { this user's previous record here or "", member, record, member, record, ... }.
+local user, ticket, session = ARGV[1], tonumber(ARGV[7]), ARGV[8]
+local previous = redis.call('HGET', KEYS[2], user)
+if previous then
+  -- A later claim of this user already got here: this join lost the race.
+  local psid, pticket = string.match(previous, '^(%S+) (%S+)')
+  pticket = tonumber(pticket)
+  if pticket and (pticket > ticket or (pticket == ticket and psid > session)) then
+    return { '!superseded' }
+  end
+end
+local max_users = tonumber(ARGV[6])
+if max_users > 0 then
+  -- A user replacing its own session takes no extra place.
+  local others = redis.call('SCARD', KEYS[1]) - redis.call('SISMEMBER', KEYS[1], user)
+  if others >= max_users then
+    return { '!full' }
+  end
+end
+redis.call('SADD', KEYS[1], user)
+redis.call('HSET', KEYS[2], user, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+local out = { previous or '' }
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if m ~= user then
+    local record = redis.call('HGET', KEYS[2], m)
+    if record then
+      out[#out + 1] = m
+      out[#out + 1] = record
+      redis.call('PUBLISH', ARGV[4] .. m, ARGV[5])
+    else
+      -- Listed without a record (a key expired under it): not a member.
+      redis.call('SREM', KEYS[1], m)
+    end
+  end
+end
+return out

@@ -1,0 +1,96 @@
+//! The keys each script call touches, in one place: the engine passes exactly these
+//! lists as `KEYS`, and the tests below prove that every list lies in ONE hash slot
+//! (what Redis Cluster demands of a script, and what makes each step atomic there).
+//! An operation that needs several slots is a sequence of these calls, ordered in
+//! `redis.rs` so that a crash between two steps never loses a member.
+
+use super::keys::Keys;
+
+/// A join's room step (join_room.lua).
+pub(super) fn join_room(k: &Keys, room: &str) -> Vec<String> {
+    vec![k.room(room), k.room_members(room), k.room_meta(room)]
+}
+
+/// A join's user step (claim_user.lua), a leave's (leave_user.lua) and a restore's
+/// (restore_user.lua).
+pub(super) fn user(k: &Keys, user: &str) -> Vec<String> {
+    vec![k.user(user), k.user_claim(user)]
+}
+
+/// A leave's room step (leave_room.lua) and a room's closing (close_room.lua).
+pub(super) fn leave_room(k: &Keys, room: &str) -> Vec<String> {
+    join_room(k, room)
+}
+
+/// A restore's room step (restore_room.lua).
+pub(super) fn restore_room(k: &Keys, room: &str) -> Vec<String> {
+    vec![k.room(room), k.room_members(room)]
+}
+
+/// A directed relay (relay.lua): the room set and the target's channel.
+pub(super) fn relay(k: &Keys, room: &str, target: &str) -> Vec<String> {
+    vec![k.room(room), k.user_channel(room, target)]
+}
+
+/// A broadcast (broadcast.lua).
+pub(super) fn broadcast(k: &Keys, room: &str) -> Vec<String> {
+    vec![k.room(room)]
+}
+
+/// A sealed broadcast (broadcast_sealed.lua): the room set and each member's channel.
+pub(super) fn broadcast_sealed<'a>(
+    k: &Keys,
+    room: &str,
+    members: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut keys = vec![k.room(room)];
+    keys.extend(members.into_iter().map(|m| k.user_channel(room, m)));
+    keys
+}
+
+/// A room's creation (create_room.lua).
+pub(super) fn create_room(k: &Keys, room: &str) -> Vec<String> {
+    vec![k.room_meta(room), k.room(room)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::keys::slot;
+
+    /// Every script call the engine makes, with ids that stress the layout.
+    fn every_call(k: &Keys) -> Vec<(&'static str, Vec<String>)> {
+        let (room, user) = ("r-1.x", "u_2");
+        vec![
+            ("join_room", join_room(k, room)),
+            ("user", user_keys(k, user)),
+            ("leave_room", leave_room(k, room)),
+            ("restore_room", restore_room(k, room)),
+            ("relay", relay(k, room, user)),
+            ("broadcast", broadcast(k, room)),
+            (
+                "broadcast_sealed",
+                broadcast_sealed(k, room, ["a", "b", "nodes"]),
+            ),
+            ("create_room", create_room(k, room)),
+        ]
+    }
+
+    fn user_keys(k: &Keys, u: &str) -> Vec<String> {
+        user(k, u)
+    }
+
+    #[test]
+    fn every_script_call_touches_one_slot() {
+        for prefix in ["signal:", "x:{no}:"] {
+            let k = Keys::new(prefix);
+            for (name, keys) in every_call(&k) {
+                let slots: Vec<u16> = keys.iter().map(|key| slot(key)).collect();
+                assert!(
+                    slots.windows(2).all(|w| w[0] == w[1]),
+                    "{name} mixes slots: {keys:?} -> {slots:?}"
+                );
+            }
+        }
+    }
+}
