@@ -117,6 +117,8 @@ pub struct JoinRequest {
     pub joined_at: String,
     /// The room's capacity, checked atomically with the join.
     pub max_users: Option<u32>,
+    /// The incarnation of this node the session is recorded under.
+    pub run: crate::incarnation::RunId,
 }
 
 /// Settings of a room created with `POST /rooms`.
@@ -214,6 +216,19 @@ impl Broker {
         match self {
             Self::Redis(_) => "redis",
             Self::Memory(_) => "standalone",
+        }
+    }
+
+    /// This node's current incarnation once the cluster knows it (registered and
+    /// beating on the current Redis connection); `None` before, when the node is
+    /// neither ready nor accepts sessions. A standalone node is always registered.
+    pub fn registered_run(
+        &self,
+        incarnation: &crate::incarnation::Incarnation,
+    ) -> Option<crate::incarnation::RunId> {
+        match self {
+            Self::Redis(b) => b.registered_run(),
+            Self::Memory(_) => Some(incarnation.current()),
         }
     }
 

@@ -1,5 +1,5 @@
 -- Registers a session and announces it, atomically.
--- KEYS[1] room set, KEYS[2] user hash, KEYS[3] this node's sessions hash,
+-- KEYS[1] room set, KEYS[2] user hash, KEYS[3] the sessions hash of this node's run,
 -- KEYS[4] room index (sorted set), KEYS[5] room metadata hash
 -- ARGV: 1 user_id, 2 room_id, 3 session_id, 4 node_id, 5 joined_at, 6 role,
 --       7 ttl seconds, 8 key prefix, 9 `J` envelope (user_joined) for the members,
@@ -15,15 +15,14 @@ if max_users > 0 then
     return { '!full' }
   end
 end
-local old = redis.call('HMGET', KEYS[2], 'room_id', 'session_id', 'node_id')
-local old_room, old_sid, old_node = old[1], old[2], old[3]
+-- The replaced session's entry in its node's run hash stays: that node drops it when
+-- the session leaves, and evicting it is session-guarded, so it can remove nothing.
+local old = redis.call('HMGET', KEYS[2], 'room_id', 'session_id')
+local old_room, old_sid = old[1], old[2]
 
 -- One session per user cluster-wide: the old one is told to close (envelope.rs `K`).
 if old_sid then
   redis.call('PUBLISH', prefix .. 'user:{' .. user .. '}:ch', 'K ' .. old_sid .. ' replaced\n')
-  if old_node then
-    redis.call('HDEL', prefix .. 'node:{' .. old_node .. '}:sessions', user)
-  end
 end
 -- Moving rooms: the old room hears `replaced`. Same room: members only see a new user_joined.
 if old_sid and old_room and old_room ~= room then

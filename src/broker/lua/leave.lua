@@ -5,14 +5,12 @@
 -- ARGV: 1 user_id, 2 session_id, 3 key prefix, 4 reason (left, timeout, kicked, shutdown)
 -- Returns 1 when removed, 0 when the hash belongs to another session (or is gone).
 local user, sid, prefix = ARGV[1], ARGV[2], ARGV[3]
-local info = redis.call('HMGET', KEYS[1], 'session_id', 'room_id', 'node_id')
+-- The node's run hash entry is dropped by the leaving node itself (forget_session.lua).
+local info = redis.call('HMGET', KEYS[1], 'session_id', 'room_id')
 if info[1] ~= sid then
   return 0
 end
 redis.call('DEL', KEYS[1])
-if info[3] then
-  redis.call('HDEL', prefix .. 'node:{' .. info[3] .. '}:sessions', user)
-end
 if not info[2] then
   return 1
 end

@@ -1,6 +1,6 @@
 -- Re-registers a live local session after Redis lost its state (restart, failover),
 -- without announcing anything: views are reconciled separately.
--- KEYS[1] room set, KEYS[2] user hash, KEYS[3] this node's sessions hash
+-- KEYS[1] room set, KEYS[2] user hash, KEYS[3] the sessions hash of this node's run
 -- ARGV: 1 user_id, 2 room_id, 3 session_id, 4 node_id, 5 joined_at, 6 role, 7 ttl seconds
 -- Returns 1 when restored (or already in place), 0 when another session owns the user.
 local current = redis.call('HGET', KEYS[2], 'session_id')
