@@ -17,6 +17,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
+use crate::incarnation::{Incarnation, RunId};
 use crate::registry::Registry;
 use crate::session::password_gate::PasswordGate;
 use crate::stats::Stats;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Bounds the argon2 room-password checks running at once.
     pub passwords: Arc<PasswordGate>,
+    /// This node's current run, shared with the broker and the upkeep.
+    pub incarnation: Arc<Incarnation>,
 }
 
 /// One admitted WebSocket; the slot is given back when the session ends.
@@ -67,11 +70,13 @@ impl AppState {
     /// Builds the engine the configuration asks for.
     pub fn new(config: Config) -> Result<Self, BrokerError> {
         let registry = Arc::new(Registry::new());
+        let incarnation = Arc::new(Incarnation::new());
         let broker = match &config.redis {
             Some(target) => Broker::Redis(Box::new(RedisBroker::new(
                 target,
                 &config.key_prefix,
                 config.node_id.clone(),
+                incarnation.clone(),
                 config.room_ttl,
                 registry.clone(),
                 config.security.payload_key.as_ref(),
@@ -95,6 +100,7 @@ impl AppState {
             stats: Arc::new(Stats::default()),
             metrics: crate::metrics::install(),
             passwords: Arc::new(PasswordGate::per_core()),
+            incarnation,
         })
     }
 
@@ -109,6 +115,12 @@ impl AppState {
     /// WebSocket sessions open on this node, including ones still joining.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// This node's current run once the cluster knows it; `None` while the node
+    /// is starting (or re-registering), when it is not ready and refuses sessions.
+    pub fn registered_run(&self) -> Option<RunId> {
+        self.broker.registered_run(&self.incarnation)
     }
 
     /// Whether the node is shutting down (readiness fails, new sessions are refused).

@@ -1,17 +1,23 @@
-//! Cluster upkeep for a Redis node, one loop every [`HEARTBEAT_INTERVAL`]:
-//! - **heartbeat**: `P node:{id}` with a [`NODE_TTL`] says the node is alive;
-//!   `P node:{id}:sessions` lists the sessions it holds (kept by the join and leave
-//!   scripts);
-//! - **dead nodes**: a node whose heartbeat expired is claimed by exactly one
-//!   survivor (an atomic claim), which evicts its sessions so their rooms hear
-//!   `user_left` (`timeout`) within seconds, not at the 30-minute key TTL;
-//! - **declared dead**: a node that was paused past its TTL and comes back finds
-//!   the survivor's marker, and closes its stale sessions with `unavailable` + 1013
-//!   instead of reviving them;
-//! - **Redis lost its state** (a reconnect of the subscriber, with no marker): every
-//!   live local session is written back, then, after other nodes had time to do the
-//!   same, each local session's view is reconciled with the truth, announcing the
-//!   joins and leaves its client missed.
+//! Cluster upkeep for a Redis node:
+//! - **registration**: each run of the node (an [`Incarnation`]) registers itself
+//!   as `NODE_ID:RUN` in `P cluster:{nodes}` and beats `P node:{id}` (its run and
+//!   info) with a [`NODE_TTL`]. The node is not ready and refuses sessions until
+//!   the first beat of its current run succeeded on the current Redis connection,
+//!   so no member is ever held by a run the cluster does not know. The first beat
+//!   is retried every [`REGISTER_RETRY`], later ones come every [`HEARTBEAT_INTERVAL`];
+//! - **dead runs**: a registered run whose node's heartbeat expired, or names
+//!   another run (the node restarted with the same id), is claimed by any node
+//!   (the node itself included), which evicts exactly that run's sessions so their
+//!   rooms hear `user_left` (`timeout`) within seconds, not at the key TTL;
+//! - **declared dead**: a run that was paused past its TTL and comes back finds
+//!   the survivor's marker, closes exactly its sessions with `unavailable` + 1013
+//!   and starts a new run for the sessions that come after;
+//! - **Redis lost its state** (a reconnect of the subscriber, with no marker): the
+//!   run registers again, every live local session is written back, then, after
+//!   other nodes had time to do the same, each local session's view is reconciled
+//!   with the truth, announcing the joins and leaves its client missed. For a
+//!   [`NODE_TTL`] after a reconnect an expired heartbeat proves nothing (a failover
+//!   may bring them back stale or not at all), so peers are not declared dead on it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,13 +27,17 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppState;
 use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
+use crate::incarnation::Incarnation;
 use crate::protocol::now_rfc3339_millis;
 use crate::session::outbox::CloseReason;
 
-/// How often a node beats and looks for dead peers.
+/// How often a registered node beats and looks for dead runs.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a heartbeat lasts: three missed beats make a node dead.
 pub const NODE_TTL: Duration = Duration::from_secs(6);
+/// How often an unregistered node (starting, renewed, or reconnected to Redis)
+/// tries to register: readiness waits for it, so it does not wait for a full beat.
+pub const REGISTER_RETRY: Duration = Duration::from_millis(100);
 /// When, after re-registering, views are reconciled: late enough that the other
 /// nodes (reconnecting with up to 2 s backoff) have re-registered theirs.
 const RECONCILE_AFTER: [Duration; 2] = [Duration::from_secs(4), Duration::from_secs(9)];
@@ -37,12 +47,15 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
     let Broker::Redis(redis) = &*state.broker else {
         return;
     };
+    let incarnation = &state.incarnation;
     let started_at = now_rfc3339_millis();
-    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen_epoch = 0;
-    let mut beaten = false;
+    let mut last_beat: Option<Instant> = None;
+    // Until then an expired heartbeat is not evidence of death (after a reconnect).
+    let mut trust_expiry_at = Instant::now();
     let mut reconcile_at: Vec<Instant> = Vec::new();
+    let mut tick = tokio::time::interval(REGISTER_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -56,12 +69,21 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
         if !redis.subscriber_connected() {
             continue;
         }
+        // Read before the beat: a beat counts for the connection it followed, so a
+        // reconnect during the beat means beating again.
         let epoch = redis.subscriber_epoch();
+        let registered = redis.registered_run().is_some();
+        if registered && last_beat.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
+            continue;
+        }
+        last_beat = Some(Instant::now());
         // A dead relay connection is found and replaced here, not by a client's message.
         redis.ping_relay().await;
 
+        let run = incarnation.current();
         let info = serde_json::json!({
             "node_id": state.config.node_id.as_str(),
+            "run": run.to_string(),
             "addr": addr.to_string(),
             "connections": state.connections(),
             "rooms": state.registry.rooms().len(),
@@ -69,40 +91,33 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
             "heartbeat_at": now_rfc3339_millis(),
         })
         .to_string();
-        // The beat comes first: a node declared dead must close its sessions, never
+        // The beat comes first: a run declared dead must close its sessions, never
         // write them back, even if its subscriber reconnected meanwhile.
-        let declared_dead = match redis.heartbeat(&info, NODE_TTL).await {
-            // A marker found by the first beat was left for a previous run of this
-            // node id, whose sessions are long gone; this run's are not stale.
-            Ok(dead) => dead && beaten,
+        match redis.heartbeat(run, &info, NODE_TTL).await {
+            Ok(false) => incarnation.mark_registered(run, epoch),
+            Ok(true) => {
+                renew(&state, incarnation);
+                // Registers the new run at the next tick, REGISTER_RETRY from now.
+                continue;
+            }
             Err(_) => continue, // logged by the broker, once per outage
-        };
-        beaten = true;
-        if declared_dead {
-            tracing::error!(
-                sessions = state.registry.len(),
-                "this node was declared dead while unreachable; closing its sessions (clients reconnect)"
-            );
-            state.registry.close_all(CloseReason::NodeExpired);
         }
 
         if epoch != seen_epoch {
             // Logged and reflected in readiness by the broker; retried at the next reconnect.
             let _ = redis.check_payload_key().await;
-            if seen_epoch == 0 {
-                clean_previous_run(&state, redis).await;
-            }
             // Any connection after the first may face a Redis that lost its state
             // (even one made before the first tick saw the node connected).
-            if epoch > 1 && !declared_dead {
+            if epoch > 1 {
                 restore_sessions(&state, redis).await;
                 let now = Instant::now();
                 reconcile_at = RECONCILE_AFTER.iter().map(|d| now + *d).collect();
+                trust_expiry_at = now + NODE_TTL;
             }
             seen_epoch = epoch;
         }
 
-        clean_dead_nodes(redis).await;
+        clean_dead_runs(redis, Instant::now() >= trust_expiry_at).await;
 
         let now = Instant::now();
         if reconcile_at.first().is_some_and(|t| *t <= now) {
@@ -112,31 +127,38 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
     }
 }
 
-async fn clean_previous_run(state: &AppState, redis: &RedisBroker) {
-    match redis.clean_previous_run(&state.registry).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            sessions = n,
-            "evicted sessions left by a previous run of this node"
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not check for a previous run's sessions"),
-    }
+/// This run was declared dead while the node was unreachable: Redis no longer
+/// knows its sessions. A new run takes over first (unregistered, so sessions are
+/// refused until it beats), then exactly the old run's sessions close; in this
+/// order, a session that read the old run after the close would find it renewed.
+fn renew(state: &AppState, incarnation: &Incarnation) {
+    let old = incarnation.renew();
+    let closed = state.registry.close_run(old, CloseReason::NodeExpired);
+    tracing::error!(
+        run = %old,
+        new_run = %incarnation.current(),
+        sessions = closed,
+        "this node was declared dead while unreachable; closed that run's sessions (clients reconnect) and started a new run"
+    );
 }
 
-async fn clean_dead_nodes(redis: &RedisBroker) {
-    let Ok(dead) = redis.dead_nodes().await else {
+async fn clean_dead_runs(redis: &RedisBroker, missing_counts: bool) {
+    let Ok(dead) = redis.dead_runs(missing_counts).await else {
         return;
     };
-    for node in dead {
-        match redis.clean_dead_node(&node).await {
-            // Zero: another survivor claimed it first (or it held nobody).
-            Ok(0) => tracing::debug!(dead_node = %node, "dead node had nothing left to evict"),
-            Ok(n) => {
+    for (node, run) in dead {
+        match redis.clean_dead_run(&node, &run, missing_counts).await {
+            Ok(None) => tracing::debug!(dead_node = %node, %run, "run beats again; not dead"),
+            // Zero: another node evicted them first (or it held nobody).
+            Ok(Some(0)) => {
+                tracing::debug!(dead_node = %node, %run, "dead run had nothing left to evict")
+            }
+            Ok(Some(n)) => {
                 crate::metrics::node_cleaned();
-                tracing::warn!(dead_node = %node, sessions = n, "node stopped beating; evicted its sessions");
+                tracing::warn!(dead_node = %node, %run, sessions = n, "node run stopped beating; evicted its sessions");
             }
             Err(e) => {
-                tracing::warn!(dead_node = %node, error = %e, "dead node cleanup interrupted; retried next beat")
+                tracing::warn!(dead_node = %node, %run, error = %e, "dead run cleanup interrupted; retried next beat")
             }
         }
     }
@@ -145,8 +167,10 @@ async fn clean_dead_nodes(redis: &RedisBroker) {
 /// Writes every live local session back into Redis after it lost its state.
 async fn restore_sessions(state: &AppState, redis: &RedisBroker) {
     let sessions = state.registry.snapshot();
+    let current = state.incarnation.current();
     let mut restored = 0;
-    for (user, handle) in &sessions {
+    // A session of an older run is closing already (its run was declared dead).
+    for (user, handle) in sessions.iter().filter(|(_, h)| h.run == current) {
         match redis.restore(user, handle).await {
             Ok(true) => restored += 1,
             Ok(false) => {

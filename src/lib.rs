@@ -31,6 +31,7 @@ pub mod crypto;
 pub mod envelope;
 pub mod http;
 pub mod ids;
+pub mod incarnation;
 pub mod log_limit;
 pub mod metrics;
 pub mod protocol;

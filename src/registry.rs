@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::envelope::{self, Envelope, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
+use crate::incarnation::RunId;
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User};
 use crate::session::outbox::{CloseReason, Outbox};
 
@@ -42,6 +43,9 @@ pub struct SessionHandle {
     pub joined_at: String,
     /// The member's role, kept for the same reason.
     pub role: Role,
+    /// The incarnation of this node the session joined under: when that run is
+    /// declared dead, exactly its sessions close ([`Registry::close_run`]).
+    pub run: RunId,
 }
 
 struct Entry {
@@ -217,7 +221,20 @@ impl Registry {
         rooms.into_iter().collect()
     }
 
-    /// Closes every local session for `reason`.
+    /// Closes the sessions that joined under incarnation `run` (declared dead while
+    /// this node was paused: Redis no longer knows them); returns how many.
+    pub fn close_run(&self, run: RunId, reason: CloseReason) -> usize {
+        let mut closed = 0;
+        for entry in self.lock().values().flatten() {
+            if entry.handle.run == run {
+                entry.handle.outbox.close(reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes every local session with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
         for entry in self.lock().values().flatten() {
             entry.handle.outbox.close(reason);
@@ -328,6 +345,7 @@ mod tests {
             outbox: out,
             joined_at: String::new(),
             role: Role::Peer,
+            run: crate::incarnation::RunId::random(),
         };
         reg.insert(UserId::parse(id).unwrap(), handle);
         (sid, inbox)

@@ -91,9 +91,11 @@ fn users_recorded(hash: &BTreeMap<String, String>) -> BTreeSet<String> {
         .collect()
 }
 
-/// The `P node:{id}:sessions` key.
-fn node_sessions_key(prefix: &str, node: &TestNode) -> String {
-    format!("{prefix}node:{{{}}}:sessions", node.node_id())
+/// `P node:{id}:run:RUN:sessions` of the run that beats now for `node_id`.
+fn run_sessions_key(redis: &RedisServer, prefix: &str, node_id: &str) -> String {
+    let beat = redis.hgetall(&format!("{prefix}node:{{{node_id}}}"));
+    let run = beat.get("run").cloned().unwrap_or_default();
+    format!("{prefix}node:{{{node_id}}}:run:{run}:sessions")
 }
 
 /// Time left until `deadline` (zero once passed).
@@ -437,7 +439,7 @@ async fn node_crash_evicts_its_users_within_15s() {
             client.expect_frame(&user_joined(user)).await;
         }
     }
-    let sessions_key = node_sessions_key(c.prefix(), doomed);
+    let sessions_key = run_sessions_key(redis, c.prefix(), doomed.node_id());
     let held = users_recorded(&redis.hgetall(&sessions_key));
     assert_eq!(
         held,
@@ -557,6 +559,9 @@ async fn paused_node_is_not_resurrected() {
     assert_messaging((&mut alice, "alice"), (&mut bob, "bob"), "after-rejoin").await;
     assert_rest_members(a, &room, &[&alice_user, &bob_user]).await;
     assert_rest_user(a, &alice_user, b.node_id()).await;
+    // The session of the resumed node's new run stays across its next beats.
+    expect_silence_all(&mut [&mut alice, &mut bob], Duration::from_secs(5)).await;
+    assert_messaging((&mut alice, "alice"), (&mut bob, "bob"), "after-beats").await;
 }
 
 /// Stops redis-server under a two-node cluster: readiness drops, relays and joins
@@ -854,9 +859,15 @@ async fn restarted_node_with_same_id_evicts_its_previous_sessions() {
         "timing: same_id_restart: new run ready {restarted_after:?} after SIGKILL; \
          user_left {evicted_after:?} after SIGKILL"
     );
-    assert!(
-        new_b.wait_for_log("previous run", TIMEOUT).await,
-        "the eviction was not done by the new run of {node_id} (no 'previous run' in its log)"
+    // The previous run left the node set; the new one is in it.
+    let members = redis.smembers(&format!("{prefix}cluster:{{nodes}}"));
+    assert_eq!(
+        members
+            .iter()
+            .filter(|m| m.starts_with(&format!("{node_id}:")))
+            .count(),
+        1,
+        "runs of {node_id} in the node set: {members:?}"
     );
 
     for node in [&a, &new_b] {
@@ -875,7 +886,7 @@ async fn restarted_node_with_same_id_evicts_its_previous_sessions() {
     alice.expect_frame(&user_joined(&carol_user)).await;
     assert_messaging((&mut alice, "alice"), (&mut carol, "carol"), "after").await;
     assert_rest_user(&a, &carol_user, &node_id).await;
-    let sessions_key = format!("{prefix}node:{{{node_id}}}:sessions");
+    let sessions_key = run_sessions_key(&redis, &prefix, &node_id);
     let held = users_recorded(&redis.hgetall(&sessions_key));
     assert_eq!(
         held,
@@ -883,4 +894,159 @@ async fn restarted_node_with_same_id_evicts_its_previous_sessions() {
         "{sessions_key} after the new run's eviction"
     );
     expect_silence_all(&mut [&mut alice, &mut carol], QUIET).await;
+}
+
+/// Reads `client`'s frames until `expected` arrives (by `deadline`); fails on any
+/// `user_left` about one of `kept` (probes and other frames pass).
+async fn expect_kept_frame(
+    client: &mut TestClient,
+    expected: &Value,
+    kept: &[&str],
+    deadline: Instant,
+) {
+    loop {
+        let frame = next_frame_by(client, deadline, &format!("{expected}")).await;
+        if frame == *expected {
+            return;
+        }
+        if frame["type"] == "user_left" {
+            let who = frame["payload"]["user_id"].as_str().unwrap_or_default();
+            assert!(
+                !kept.contains(&who),
+                "{}: a live member of the new run was evicted: {frame}",
+                client.label()
+            );
+        }
+    }
+}
+
+/// Node B is killed just before its heartbeat would expire (paused first, so the
+/// cluster is about to declare it dead) and a new process with the same NODE_ID is
+/// started at once; clients join the new run right after it is ready and while the
+/// cleanup of the old run happens. The old run's member (carol) is evicted with
+/// `user_left` `timeout`; for 15 s after the restart every broadcast and directed
+/// message to the new members arrives and nobody hears `user_left` about them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_same_id_keeps_the_new_runs_members() {
+    let redis = RedisServer::start();
+    let prefix = key_prefix();
+    let node_id = format!(
+        "node-keep-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let (a, old_b) = tokio::join!(
+        TestNode::start(Some(&redis), &prefix, &[]),
+        TestNode::start_named(&redis, &prefix, &node_id, &[]),
+    );
+    wait_heartbeats(&redis, &prefix, &[&a, &old_b]).await;
+    let room = room_id();
+    let (mut alice, _alice_user) = join(&a, &room, "alice").await;
+    let (_carol, carol_user) = join(&old_b, &room, "carol").await;
+    alice.expect_frame(&user_joined(&carol_user)).await;
+
+    // FAULT: B stops beating, and is killed when its heartbeat has about a second
+    // left, then restarted at once with the same NODE_ID.
+    old_b.sigstop().await;
+    let beat_key = format!("{prefix}node:{{{node_id}}}");
+    let beat_key = &beat_key;
+    let redis_ref = &redis;
+    eventually(
+        TIMEOUT,
+        "B's heartbeat about to expire",
+        move || async move { redis_ref.ttl(beat_key) <= 1 },
+    )
+    .await;
+    let killed_at = Instant::now();
+    old_b.sigkill().await;
+    let new_b = TestNode::start_named(&redis, &prefix, &node_id, &[]).await;
+    let kept = ["dave", "erin"];
+    let (mut dave, _) = join_retrying(&new_b, &room, "dave", TIMEOUT).await;
+    let (mut erin, _) = join_retrying(&new_b, &room, "erin", TIMEOUT).await;
+    let restarted_after = killed_at.elapsed();
+
+    // The previous run's member is evicted, as before.
+    let deadline = killed_at + EVICTION;
+    loop {
+        let frame = next_frame_by(&mut alice, deadline, "user_left carol").await;
+        if frame == user_left("carol", &room, "timeout") {
+            break;
+        }
+        if frame["type"] == "user_left" {
+            panic!("alice heard an unexpected user_left: {frame}");
+        }
+    }
+    let carol_gone_after = killed_at.elapsed();
+
+    // For 15 s, every broadcast and directed message reaches the new members.
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut round = 0;
+    while Instant::now() < until {
+        round += 1;
+        let payload = json!({"round": round});
+        alice
+            .send_json(json!({"type": "message", "payload": &payload}))
+            .await;
+        let broadcast = relayed("message", "alice", None, payload.clone());
+        let by = Instant::now() + TIMEOUT;
+        expect_kept_frame(&mut dave, &broadcast, &kept, by).await;
+        expect_kept_frame(&mut erin, &broadcast, &kept, by).await;
+        for target in kept {
+            alice
+                .send_json(json!({"type": "message", "target": target, "payload": &payload}))
+                .await;
+        }
+        let direct = |t: &str| relayed("message", "alice", Some(t), payload.clone());
+        expect_kept_frame(&mut dave, &direct("dave"), &kept, by).await;
+        expect_kept_frame(&mut erin, &direct("erin"), &kept, by).await;
+        // Pacing of the rounds, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // alice got no error and heard no user_left about dave or erin.
+    let frames = frames_before_pong(&mut alice, TIMEOUT).await;
+    for frame in &frames {
+        assert!(
+            frame["type"] != "error"
+                && !(frame["type"] == "user_left"
+                    && kept.contains(&frame["payload"]["user_id"].as_str().unwrap_or_default())),
+            "alice: {frame}"
+        );
+    }
+    for node in [&a, &new_b] {
+        wait_rest_lists(node, &room, &["alice", "dave", "erin"], TIMEOUT).await;
+    }
+    eprintln!(
+        "timing: restart_keeps_new_members: new run serving {restarted_after:?} after SIGKILL; \
+         previous run's member evicted {carol_gone_after:?} after SIGKILL; {round} rounds"
+    );
+}
+
+/// Ten times: a node becomes ready, takes a member, and is paused 100 ms later.
+/// Each time the member is evicted (`user_left` `timeout`) within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_paused_right_after_ready_is_declared_dead() {
+    let redis = RedisServer::start();
+    let prefix = key_prefix();
+    let a = TestNode::start(Some(&redis), &prefix, &[]).await;
+    let room = room_id();
+    let (mut alice, _) = join(&a, &room, "alice").await;
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let b = TestNode::start(Some(&redis), &prefix, &[]).await;
+        let user = format!("m{i}");
+        let (_member, member_user) = join(&b, &room, &user).await;
+        alice.expect_frame(&user_joined(&member_user)).await;
+        // FAULT: paused 100 ms after it became ready with a member.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let paused_at = Instant::now();
+        b.sigstop().await;
+        expect_frames_by(
+            &mut alice,
+            &[user_left(&user, &room, "timeout")],
+            paused_at + Duration::from_secs(10),
+        )
+        .await;
+        times.push(paused_at.elapsed());
+        b.sigkill().await;
+    }
+    eprintln!("timing: paused_after_ready: evicted after SIGSTOP: {times:?}");
 }

@@ -397,3 +397,26 @@ async fn redis_command_errors_are_not_outages() {
     );
     bob.expect_silence(QUIET).await;
 }
+
+/// Right after every node answered `/readyz` 200, `GET /nodes` lists every node:
+/// a node registers itself before it says it is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_lists_every_node_right_after_ready() {
+    let c = Cluster::redis_with(3, &[("ADMIN_TOKEN", ADMIN)]).await;
+    let mut want: Vec<&str> = (0..3).map(|i| c.node(i).node_id()).collect();
+    want.sort_unstable();
+    for i in 0..3 {
+        let (status, nodes) = c
+            .node(i)
+            .bearer_request("GET", "/nodes", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, 200, "{nodes}");
+        let mut ids: Vec<&str> = nodes["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["node_id"].as_str()).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        assert_eq!(ids, want, "node {i}: {nodes}");
+        assert_eq!(nodes["count"], 3, "{nodes}");
+    }
+}

@@ -44,6 +44,18 @@ pub fn slot(key: &str) -> u16 {
     crc % 16384
 }
 
+/// The member of `P cluster:{nodes}` for one incarnation: `NODE_ID:RUN`. Neither
+/// part contains `:` (ids are validated, run ids are hex), so it splits back.
+pub fn node_member(node: &str, run: &str) -> String {
+    format!("{node}:{run}")
+}
+
+/// `(node id, run)` of a `P cluster:{nodes}` member; `None` for anything else.
+pub fn parse_node_member(member: &str) -> Option<(&str, &str)> {
+    let (node, run) = member.split_once(':')?;
+    (!node.is_empty() && !run.is_empty() && !run.contains(':')).then_some((node, run))
+}
+
 /// Key and channel names for one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -125,24 +137,29 @@ impl Keys {
         format!("{}cluster:{{payload_key_check}}", self.prefix)
     }
 
-    /// `P cluster:{nodes}`: set of registered node ids.
+    /// `P cluster:{nodes}`: set of registered incarnations, members `NODE_ID:RUN`
+    /// (see [`node_member`]). The dead-node sweep reads it.
     pub fn nodes(&self) -> String {
         format!("{}cluster:{{nodes}}", self.prefix)
     }
 
-    /// `P node:{id}`: the node's heartbeat (JSON info), with a short TTL.
+    /// `P node:{id}`: the node's heartbeat, a hash with `run` (the incarnation that
+    /// beats) and `info` (JSON for `GET /nodes`), with a short TTL.
     pub fn node(&self, node: &str) -> String {
         format!("{}node:{{{node}}}", self.prefix)
     }
 
-    /// `P node:{id}:sessions`: hash user_id -> session_id of the node's sessions.
-    pub fn node_sessions(&self, node: &str) -> String {
-        format!("{}node:{{{node}}}:sessions", self.prefix)
+    /// `P node:{id}:run:RUN:sessions`: hash user_id -> session_id of the sessions
+    /// that joined under one incarnation, so cleaning a dead or previous run never
+    /// touches another run's sessions.
+    pub fn run_sessions(&self, node: &str, run: &str) -> String {
+        format!("{}node:{{{node}}}:run:{run}:sessions", self.prefix)
     }
 
-    /// `P node:{id}:dead`: set by the survivor that evicted the node's sessions.
-    pub fn node_dead(&self, node: &str) -> String {
-        format!("{}node:{{{node}}}:dead", self.prefix)
+    /// `P node:{id}:run:RUN:dead`: set by the survivor that evicted that run's
+    /// sessions, for the run to find should it resume (paused, not dead).
+    pub fn run_dead(&self, node: &str, run: &str) -> String {
+        format!("{}node:{{{node}}}:run:{run}:dead", self.prefix)
     }
 
     /// `P node:{id}:ch`: the node's own channel (subscription probe).
@@ -168,7 +185,19 @@ mod tests {
         assert_eq!(k.room_members("r1"), "signal:room:{r1}:members");
         assert_eq!(k.room_meta("r1"), "signal:room:{r1}:meta");
         assert_eq!(k.node("n1"), "signal:node:{n1}");
-        assert_eq!(k.node_sessions("n1"), "signal:node:{n1}:sessions");
+        assert_eq!(
+            k.run_sessions("n1", "0123456789ab"),
+            "signal:node:{n1}:run:0123456789ab:sessions"
+        );
+        assert_eq!(
+            k.run_dead("n1", "0123456789ab"),
+            "signal:node:{n1}:run:0123456789ab:dead"
+        );
+        assert_eq!(
+            parse_node_member(&node_member("n1", "0123456789ab")),
+            Some(("n1", "0123456789ab"))
+        );
+        assert_eq!(parse_node_member("n1"), None);
         assert_eq!(k.node_channel("n1"), "signal:node:{n1}:ch");
         assert_eq!(k.channel_target(&k.node_channel("n1")), None);
         assert_eq!(k.nodes(), "signal:cluster:{nodes}");
@@ -212,8 +241,8 @@ mod tests {
                     k.user_claim(id),
                     k.room_meta(id),
                     k.node(id),
-                    k.node_sessions(id),
-                    k.node_dead(id),
+                    k.run_sessions(id, "0123456789ab"),
+                    k.run_dead(id, "0123456789ab"),
                     k.node_channel(id),
                 ]);
             }

@@ -119,6 +119,8 @@ pub struct JoinRequest {
     pub joined_at: String,
     /// The room's capacity, checked atomically with the join.
     pub max_users: Option<u32>,
+    /// The incarnation of this node the session is recorded under.
+    pub run: crate::incarnation::RunId,
 }
 
 /// Settings of a room created with `POST /rooms`.
@@ -222,12 +224,34 @@ impl Broker {
         }
     }
 
+    /// This node's current incarnation once the cluster knows it (registered and
+    /// beating on the current Redis connection); `None` before, when the node is
+    /// neither ready nor accepts sessions. A standalone node is always registered.
+    pub fn registered_run(
+        &self,
+        incarnation: &crate::incarnation::Incarnation,
+    ) -> Option<crate::incarnation::RunId> {
+        match self {
+            Self::Redis(b) => b.registered_run(),
+            Self::Memory(_) => Some(incarnation.current()),
+        }
+    }
+
     /// Makes sure this node receives `user`'s channel. Called before the user
     /// becomes visible, so nothing sent to the user right after its join is lost.
     pub async fn subscribe(&self, room: &RoomId, user: &UserId) -> Result<(), BrokerError> {
         match self {
             Self::Redis(b) => b.subscribe(room, user).await,
             Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Drops this node's record of a session that ends without leaving (it was
+    /// replaced: its successor owns the user's keys), so the record cannot outlive it.
+    pub async fn forget_session(&self, session: SessionId) {
+        match self {
+            Self::Redis(b) => b.forget(session).await,
+            Self::Memory(_) => {}
         }
     }
 

@@ -18,7 +18,7 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::Keys;
+use super::keys::{self, Keys};
 use super::member_record::MemberRecord;
 use super::relay_conn::RelayConn;
 use super::script_keys;
@@ -30,6 +30,7 @@ use crate::config::RedisTarget;
 use crate::crypto::{self, PayloadCipher};
 use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
+use crate::incarnation::{Incarnation, RunId};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User, UserInfo};
 use crate::registry::{Registry, SessionHandle};
 
@@ -58,8 +59,8 @@ pub(super) struct Scripts {
     pub(super) restore_user: Script,
     pub(super) restore_room: Script,
     pub(super) heartbeat: Script,
-    pub(super) dead_nodes: Script,
     pub(super) claim_dead: Script,
+    pub(super) deregister: Script,
     pub(super) create_room: Script,
     pub(super) close_room: Script,
 }
@@ -77,8 +78,8 @@ impl Scripts {
             restore_user: Script::new(include_str!("lua/restore_user.lua")),
             restore_room: Script::new(include_str!("lua/restore_room.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
-            dead_nodes: Script::new(include_str!("lua/dead_nodes.lua")),
             claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
+            deregister: Script::new(include_str!("lua/deregister.lua")),
             create_room: Script::new(include_str!("lua/create_room.lua")),
             close_room: Script::new(include_str!("lua/close_room.lua")),
         }
@@ -89,6 +90,9 @@ impl Scripts {
 pub struct RedisBroker {
     pub(super) keys: Keys,
     pub(super) node_id: NodeId,
+    /// This node's current run: sessions are recorded under it, and it is what
+    /// the heartbeat registers.
+    pub(super) incarnation: Arc<Incarnation>,
     pub(super) ttl_secs: u64,
     pub(super) pool: Pool,
     pub(super) relay: RelayConn,
@@ -112,6 +116,7 @@ impl RedisBroker {
         target: &RedisTarget,
         prefix: &str,
         node_id: NodeId,
+        incarnation: Arc<Incarnation>,
         ttl: Duration,
         registry: Arc<Registry>,
         payload_key: Option<&[u8; 32]>,
@@ -148,6 +153,7 @@ impl RedisBroker {
         Ok(Self {
             keys,
             node_id,
+            incarnation,
             ttl_secs: ttl.as_secs().max(1),
             pool,
             relay,
@@ -333,7 +339,7 @@ impl RedisBroker {
                 Ok(ticket)
             })
             .await?;
-        self.record_session(user, &session, room).await?;
+        self.record_session(&req.run, user, &session, room).await?;
 
         // Clear even with a payload key: the script publishes this one text to every
         // member's channel, so it cannot be sealed per channel, and it carries no
@@ -412,8 +418,8 @@ impl RedisBroker {
                 self.forget_session(&session).await;
                 return Ok(JoinResult::Superseded);
             }
-            [old_room, old_session, old_node] => {
-                self.displace(req, old_room, old_session, old_node, previous_here)
+            [old_room, old_session, _old_node] => {
+                self.displace(req, old_room, old_session, previous_here)
                     .await?
             }
             _ => return Err(BrokerError::Reply("claim_user: bad reply".into())),
@@ -429,7 +435,6 @@ impl RedisBroker {
         req: &JoinRequest,
         old_room: &str,
         old_session: &str,
-        old_node: &str,
         previous_here: &str,
     ) -> Result<Option<SessionId>, BrokerError> {
         let user = req.user.as_str();
@@ -454,10 +459,8 @@ impl RedisBroker {
             )
             .await?;
         }
-        if !old_node.is_empty() {
-            self.forget_session_of(old_node, &old_session.to_string())
-                .await;
-        }
+        // The old session's record in its node's run hash goes when that session
+        // ends (Broker::forget), on whichever node and run it holds it.
         let kick = envelope::kick(old_session, KickReason::Replaced);
         self.publish(&old_room, user, kick).await?;
         Ok(Some(old_session))
@@ -541,17 +544,20 @@ impl RedisBroker {
             .await;
     }
 
-    /// Records a session of this node (node slot): field the session id, value
-    /// `user room`, so that if this node dies the sweep can evict it, room
-    /// included. One field per session: a second connection of the same user on
-    /// this node never overwrites the first one's record.
+    /// Records a session of this node in its run's sessions hash (node slot):
+    /// field the session id, value `user room`, so that if this run dies the sweep
+    /// can evict it, room included. One field per session: a second connection of
+    /// the same user on this node never overwrites the first one's record.
     async fn record_session(
         &self,
+        run: &RunId,
         user: &str,
         session: &str,
         room: &str,
     ) -> Result<(), BrokerError> {
-        let key = self.keys.node_sessions(self.node_id.as_str());
+        let key = self
+            .keys
+            .run_sessions(self.node_id.as_str(), &run.to_string());
         self.pooled("record_session", async |conn| {
             redis::pipe()
                 .hset(&key, session, format!("{user} {room}"))
@@ -565,16 +571,15 @@ impl RedisBroker {
         .await
     }
 
-    /// Drops this node's record of a session.
+    /// Drops this node's record of a session from the current run's hash (a
+    /// session of an older run has none left: that run's hash was claimed when it
+    /// was declared dead). Best effort: a record left behind is evicted harmlessly,
+    /// since every removal is session-guarded.
     async fn forget_session(&self, session: &str) {
-        let node = self.node_id.to_string();
-        self.forget_session_of(&node, session).await;
-    }
-
-    /// Drops `node`'s record of `session`; best effort (a record left behind is
-    /// evicted harmlessly: every removal is session-guarded).
-    async fn forget_session_of(&self, node: &str, session: &str) {
-        let key = self.keys.node_sessions(node);
+        let key = self.keys.run_sessions(
+            self.node_id.as_str(),
+            &self.incarnation.current().to_string(),
+        );
         let _ = self
             .pooled("forget_session", async |conn| {
                 redis::cmd("HDEL")
@@ -585,6 +590,12 @@ impl RedisBroker {
                 Ok(())
             })
             .await;
+    }
+
+    /// A local session that ends without leaving (it was replaced: its successor
+    /// owns the user and its room record) gives up its record in this node's hash.
+    pub(super) async fn forget(&self, session: SessionId) {
+        self.forget_session(&session.to_string()).await;
     }
 
     /// The room step of a leave: removes `user`'s `session` from `room` if its
@@ -900,19 +911,48 @@ impl RedisBroker {
         )
     }
 
-    /// Refreshes this node's heartbeat key (TTL `ttl`) with `info`. Returns true when
-    /// a survivor had declared this node dead and evicted its sessions meanwhile.
-    pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BrokerError> {
+    /// This node's current run if it is registered on the current subscriber
+    /// connection: only then may it be called ready or accept a session.
+    pub fn registered_run(&self) -> Option<RunId> {
+        if !self.subscriber.is_connected() {
+            return None;
+        }
+        self.incarnation.registered(self.subscriber.epoch())
+    }
+
+    /// Registers `run` and refreshes its heartbeat (TTL `ttl`) with `info`. Returns
+    /// true when a survivor had declared `run` dead and evicted its sessions
+    /// meanwhile (nothing is written then: the run is over).
+    pub async fn heartbeat(
+        &self,
+        run: RunId,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
         let me = self.node_id.as_str();
+        let run = run.to_string();
+        // Two single-slot steps, in this order: the node set first, then the
+        // heartbeat. A crash between them leaves a member without a heartbeat,
+        // which the next sweep of any node claims and removes; the other order
+        // could leave a heartbeat (and sessions) that no sweep ever looks at.
+        // Repeated every beat, so a Redis that lost the set learns it again.
+        self.pooled("register", async |conn| {
+            redis::cmd("SADD")
+                .arg(self.keys.nodes())
+                .arg(keys::node_member(me, &run))
+                .query_async::<()>(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
         self.pooled("heartbeat", async |conn| {
             let dead: i64 = self
                 .scripts
                 .heartbeat
                 .key(self.keys.node(me))
-                .key(self.keys.nodes())
-                .key(self.keys.node_sessions(me))
-                .key(self.keys.node_dead(me))
-                .arg(me)
+                .key(self.keys.run_dead(me, &run))
+                .key(self.keys.run_sessions(me, &run))
+                .arg(&run)
                 .arg(info)
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
                 .arg(self.ttl_secs)
@@ -923,16 +963,38 @@ impl RedisBroker {
         .await
     }
 
-    /// Removes this node from the registry at a clean shutdown.
+    /// Removes this run from the registry at a clean shutdown: its heartbeat, and
+    /// its node set entry unless sessions are still recorded (a drain cut short),
+    /// which then stay for the next sweep to evict.
     pub async fn deregister(&self) -> Result<(), BrokerError> {
         let me = self.node_id.as_str();
+        let run = self.incarnation.current().to_string();
+        let left: i64 = self
+            .pooled("deregister", async |conn| {
+                let left: i64 = self
+                    .scripts
+                    .deregister
+                    .key(self.keys.node(me))
+                    .key(self.keys.run_sessions(me, &run))
+                    .arg(&run)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(left)
+            })
+            .await?;
+        if left > 0 {
+            tracing::info!(
+                sessions = left,
+                "sessions still recorded at shutdown; the cluster evicts them at its next sweep"
+            );
+            return Ok(());
+        }
+        // After the heartbeat step: a crash between the two leaves a member without
+        // a heartbeat, which any sweep removes.
         self.pooled("deregister", async |conn| {
-            redis::pipe()
-                .atomic()
-                .del(self.keys.node(me))
-                .ignore()
-                .srem(self.keys.nodes(), me)
-                .ignore()
+            redis::cmd("SREM")
+                .arg(self.keys.nodes())
+                .arg(keys::node_member(me, &run))
                 .query_async::<()>(&mut *conn)
                 .await?;
             Ok(())
@@ -940,26 +1002,69 @@ impl RedisBroker {
         .await
     }
 
-    /// The heartbeat values (JSON) of every live node.
-    pub async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
-        let values = self
-            .pooled("live_nodes", async |conn| {
-                let ids: Vec<String> = redis::cmd("SMEMBERS")
+    /// Every registered incarnation with what its node's heartbeat says: the run
+    /// that beats and its info, `None` when the heartbeat is missing.
+    async fn registered_runs(&self) -> Result<Vec<RegisteredRun>, BrokerError> {
+        let members: Vec<String> = self
+            .pooled("nodes", async |conn| {
+                let members: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(self.keys.nodes())
                     .query_async(&mut *conn)
                     .await?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
-                let values: Vec<Option<String>> =
-                    redis::cmd("MGET").arg(keys).query_async(&mut *conn).await?;
-                Ok(values)
+                Ok(members)
             })
             .await?;
-        Ok(values
+        let runs: Vec<(String, String)> = members
+            .iter()
+            .filter_map(|m| keys::parse_node_member(m))
+            .map(|(n, r)| (n.to_owned(), r.to_owned()))
+            .collect();
+        let mut ids: Vec<&str> = runs.iter().map(|(n, _)| n.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One read per heartbeat key (each its own slot), pipelined.
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys.node(id))
+                .arg("run")
+                .arg("info");
+        }
+        let beats: Vec<(Option<String>, Option<String>)> = self
+            .pooled("nodes", async |conn| {
+                let beats: Vec<(Option<String>, Option<String>)> =
+                    pipe.query_async(&mut *conn).await?;
+                Ok(beats)
+            })
+            .await?;
+        let by_id: std::collections::HashMap<&str, &(Option<String>, Option<String>)> =
+            ids.iter().copied().zip(beats.iter()).collect();
+        Ok(runs
+            .iter()
+            .map(|(node, run)| {
+                let beat = by_id.get(node.as_str());
+                RegisteredRun {
+                    node: node.clone(),
+                    run: run.clone(),
+                    beating: beat.and_then(|b| b.0.clone()),
+                    info: beat.and_then(|b| b.1.clone()),
+                }
+            })
+            .collect())
+    }
+
+    /// The heartbeat info (JSON) of every node with a live heartbeat, one per node id.
+    pub async fn live_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        let mut seen = std::collections::HashSet::new();
+        Ok(self
+            .registered_runs()
+            .await?
             .into_iter()
-            .flatten()
+            .filter(|r| seen.insert(r.node.clone()))
+            .filter_map(|r| r.info)
             .filter_map(|v| serde_json::from_str(&v).ok())
             .collect())
     }
@@ -981,72 +1086,77 @@ impl RedisBroker {
             .and_then(|v| v.trim().parse().ok()))
     }
 
-    /// Registered nodes whose heartbeat expired.
-    pub async fn dead_nodes(&self) -> Result<Vec<String>, BrokerError> {
-        self.pooled("dead_nodes", async |conn| {
-            let dead: Vec<String> = self
-                .scripts
-                .dead_nodes
-                .key(self.keys.nodes())
-                .arg(self.keys.prefix())
-                .arg(self.node_id.as_str())
-                .invoke_async(&mut *conn)
-                .await?;
-            Ok(dead)
-        })
-        .await
+    /// Registered incarnations, other than this node's current run, that are dead:
+    /// their node's heartbeat carries another run (a restart or a renewal), or,
+    /// unless `missing_counts` is false, has expired.
+    pub async fn dead_runs(
+        &self,
+        missing_counts: bool,
+    ) -> Result<Vec<(String, String)>, BrokerError> {
+        let me = self.node_id.as_str();
+        let mine = self.incarnation.current().to_string();
+        Ok(self
+            .registered_runs()
+            .await?
+            .into_iter()
+            .filter(|r| !(r.node == me && r.run == mine))
+            .filter(|r| match &r.beating {
+                Some(beating) => *beating != r.run,
+                None => missing_counts,
+            })
+            .map(|r| (r.node, r.run))
+            .collect())
     }
 
-    /// Claims a dead node and evicts its sessions (`user_left`, `timeout`). Returns
-    /// how many were evicted; zero when another survivor claimed it first.
-    pub async fn clean_dead_node(&self, node: &str) -> Result<usize, BrokerError> {
-        let flat = self
+    /// Claims a dead incarnation and evicts its sessions (`user_left`, `timeout`),
+    /// then removes it from the node set. Returns how many were evicted, `None`
+    /// when it turned out alive (it beat again meanwhile).
+    pub async fn clean_dead_run(
+        &self,
+        node: &str,
+        run: &str,
+        missing_counts: bool,
+    ) -> Result<Option<usize>, BrokerError> {
+        let reply = self
             .pooled("claim_dead", async |conn| {
-                let flat: Vec<String> = self
+                let reply: Vec<String> = self
                     .scripts
                     .claim_dead
                     .key(self.keys.node(node))
-                    .key(self.keys.node_sessions(node))
-                    .key(self.keys.node_dead(node))
-                    .key(self.keys.nodes())
-                    .arg(node)
+                    .key(self.keys.run_sessions(node, run))
+                    .key(self.keys.run_dead(node, run))
+                    .arg(run)
                     .arg(DEAD_MARKER_SECS)
+                    .arg(if missing_counts { "1" } else { "0" })
                     .invoke_async(&mut *conn)
                     .await?;
-                Ok(flat)
+                Ok(reply)
             })
             .await?;
-        self.evict_pairs(&flat).await
-    }
-
-    /// Evicts sessions a previous run of this node left registered (it was killed
-    /// and restarted before anyone cleaned up), sparing the live local ones.
-    pub async fn clean_previous_run(&self, registry: &Registry) -> Result<usize, BrokerError> {
-        let flat = self
-            .pooled("previous_sessions", async |conn| {
-                let flat: Vec<String> = redis::cmd("HGETALL")
-                    .arg(self.keys.node_sessions(self.node_id.as_str()))
-                    .query_async(&mut *conn)
-                    .await?;
-                Ok(flat)
-            })
-            .await?;
-        let live: std::collections::HashSet<String> = registry
-            .snapshot()
-            .into_iter()
-            .map(|(_, h)| h.session_id.to_string())
-            .collect();
-        let stale: Vec<String> = flat
-            .chunks_exact(2)
-            .filter(|pair| !live.contains(&pair[0]))
-            .flatten()
-            .cloned()
-            .collect();
-        let evicted = self.evict_pairs(&stale).await?;
-        for pair in stale.chunks_exact(2) {
-            self.forget_session(&pair[0]).await;
+        let Some((status, flat)) = reply.split_first() else {
+            return Err(BrokerError::Reply("empty claim reply".into()));
+        };
+        if status != "claimed" {
+            return Ok(None);
         }
-        Ok(evicted)
+        // Evict, then drop the hash (node slot), then the set entry (cluster slot),
+        // in this order: until the end, a failure or crash leaves the entry and the
+        // list for the next sweep, which claims again and evicts what is left.
+        let evicted = self.evict_pairs(flat).await?;
+        self.pooled("unregister", async |conn| {
+            redis::cmd("DEL")
+                .arg(self.keys.run_sessions(node, run))
+                .query_async::<()>(&mut *conn)
+                .await?;
+            redis::cmd("SREM")
+                .arg(self.keys.nodes())
+                .arg(keys::node_member(node, run))
+                .query_async::<()>(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Some(evicted))
     }
 
     /// Evicts the sessions of a node's sessions hash, given as (field, value)
@@ -1155,7 +1265,8 @@ impl RedisBroker {
         if restored != 1 {
             return Ok(false);
         }
-        self.record_session(user.as_str(), &session, room).await?;
+        self.record_session(&handle.run, user.as_str(), &session, room)
+            .await?;
         self.index_room(room).await?;
         Ok(true)
     }
@@ -1203,6 +1314,16 @@ impl CommandErrorLog {
             "redis command failed: Redis answered with an error (it is reachable); the caller got `unavailable`"
         );
     }
+}
+
+/// One member of the node set and its node's heartbeat.
+struct RegisteredRun {
+    node: String,
+    run: String,
+    /// The run the node's heartbeat names; `None` when it expired.
+    beating: Option<String>,
+    /// The heartbeat's JSON info.
+    info: Option<String>,
 }
 
 /// Decodes `{member, record, member, record, ...}` (a room's members hash, or a

@@ -127,6 +127,10 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Response {
     let (status, word) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.registered_run().is_none() {
+        // Not ready before the node registered itself: a member it took before
+        // could never be evicted by the cluster should the node die.
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else if state.broker.ready().await {
         (StatusCode::OK, "ready")
     } else {

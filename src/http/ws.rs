@@ -116,6 +116,16 @@ pub(super) async fn upgrade(
             "node shutting down; reconnect",
         );
     }
+    if state.registered_run().is_none() {
+        tracing::info!(room_id = %room, user_id = %user, "connection refused: node not registered with the cluster yet");
+        return refuse(
+            ws,
+            &state,
+            ErrorCode::Unavailable,
+            close_code::TRY_AGAIN_LATER,
+            "node starting; retry",
+        );
+    }
     let Some(slot) = state.try_admit() else {
         tracing::warn!(
             limit = state.config.max_connections,

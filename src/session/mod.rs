@@ -144,6 +144,11 @@ async fn serve(
         Ok(admitted) => admitted,
         Err(refusal) => return reject(socket, refusal.code, refusal.close, refusal.text).await,
     };
+    // The run this session is recorded under. Checked again after the insert below.
+    let Some(run) = state.registered_run() else {
+        let refusal = admission::STORE_DOWN;
+        return reject(socket, refusal.code, refusal.close, refusal.text).await;
+    };
     let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
     let request = JoinRequest {
         room: room.clone(),
@@ -152,6 +157,7 @@ async fn serve(
         role: admitted.role,
         joined_at: now_rfc3339_millis(),
         max_users: admitted.max_users,
+        run,
     };
     let handle = SessionHandle {
         session_id: session,
@@ -159,10 +165,20 @@ async fn serve(
         outbox: outbox.clone(),
         joined_at: request.joined_at.clone(),
         role: request.role,
+        run,
     };
     // An older local session of this user stays open: if this join wins, the
     // join itself tells that session to close; if it is refused, nothing changed.
     state.registry.insert(user.clone(), handle);
+    // The upkeep renews the run before it closes the old run's sessions. Had it
+    // renewed between the read above and the insert, its close missed this
+    // session: refuse it here. Otherwise any later close sees it.
+    if state.incarnation.current() != run {
+        tracing::info!("join refused: this node's run was declared dead meanwhile");
+        forget(&state, &user, session).await;
+        let refusal = admission::STORE_DOWN;
+        return reject(socket, refusal.code, refusal.close, refusal.text).await;
+    }
 
     // Subscribe before the join makes the user visible, so a member reacting to
     // `user_joined` at once never sends into the void.
@@ -228,8 +244,9 @@ async fn serve(
     // Off the registry before leaving Redis: re-registration after a Redis restart
     // works from the registry, and must never write back a session that is leaving.
     forget(&state, &user, session).await;
-    if let Some(reason) = end.leave_reason() {
-        leave(&state, &room, &user, session, reason).await;
+    match end.leave_reason() {
+        Some(reason) => leave(&state, &room, &user, session, reason).await,
+        None => state.broker.forget_session(session).await,
     }
     if let (Some(socket), Some((code, close, text))) = (socket, end.farewell()) {
         farewell(socket, code, close, text).await;
