@@ -79,7 +79,9 @@ impl State {
 
 /// In-memory rooms and users for a single node.
 pub struct MemoryBroker {
-    state: Mutex<State>,
+    /// Boxed: the maps and the expiry index would make `Broker::Memory` as large
+    /// as the boxed Redis engine; one pointer keeps the enum small.
+    state: Box<Mutex<State>>,
     registry: Arc<Registry>,
     node_id: NodeId,
     ttl: Duration,
@@ -89,7 +91,7 @@ impl MemoryBroker {
     /// An empty engine delivering to `registry`; created rooms last `ttl` once empty.
     pub fn new(registry: Arc<Registry>, node_id: NodeId, ttl: Duration) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Box::default(),
             registry,
             node_id,
             ttl,
