@@ -1,5 +1,5 @@
 //! Every frame that crosses the WebSocket, in one file so it can be checked line by
-//! line against PROTOCOL.md sections 3, 4 and 6.
+//! line against PROTOCOL.md sections 2 (`room_users`, `USER`), 3, 4, 6 and 9 (roles).
 //!
 //! Client frames are parsed into borrowed [`RawValue`]s: the payload is never
 //! built into a tree, and is relayed byte for byte as the client sent it.
@@ -70,7 +70,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame over `MAX_MESSAGE_BYTES`.
     pub const TOO_BIG: u16 = 1009;
-    /// Try again later (Redis unreachable, node full).
+    /// Try again later (Redis unreachable, node full, or this node lost its
+    /// cluster membership while paused).
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Invalid room or user id.
     pub const INVALID_ID: u16 = 4400;
@@ -82,7 +83,7 @@ pub mod close_code {
     pub const TIMEOUT: u16 = 4408;
     /// A newer connection of the same user id took over.
     pub const REPLACED: u16 = 4409;
-    /// Removed by an administrator.
+    /// Removed by an administrator, or the room was closed.
     pub const KICKED: u16 = 4410;
     /// Outbound queue overflowed.
     pub const SLOW_CONSUMER: u16 = 4413;
@@ -113,7 +114,8 @@ impl LeaveReason {
     }
 }
 
-/// A member's role (PROTOCOL.md section 9); `peer` everywhere until moderated rooms exist.
+/// A member's role (PROTOCOL.md section 9): `peer` in an ordinary room; `host` or
+/// `audience` in a moderated one (from the room's hosts or the client token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -173,7 +175,8 @@ pub enum ClientFrame<'a> {
 #[derive(Debug)]
 pub struct Relay<'a> {
     pub kind: String,
-    /// `None` for a broadcast. Not yet checked against the sender or the id rules.
+    /// `None` for a broadcast. Checked against the id rules; whether it is the
+    /// sender itself or a member of its room is the session's to check.
     pub target: Option<String>,
     pub payload: Option<&'a RawValue>,
     pub id: Option<&'a RawValue>,

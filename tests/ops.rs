@@ -240,7 +240,7 @@ both_engines!(
 );
 
 /// LOG_FORMAT=json: every line is one JSON object with timestamp, level, target and
-/// the node id; session lines carry room, user and session ids.
+/// a top-level node id (once); session lines carry room, user and session ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_node_and_session_fields() {
     let c = Cluster::redis_with(1, &[("LOG_FORMAT", "json")]).await;
@@ -261,10 +261,17 @@ async fn json_logs_carry_node_and_session_fields() {
         for key in ["timestamp", "level", "target"] {
             assert!(v[key].is_string(), "{key} missing: {line}");
         }
-        let node_id = v["node_id"]
-            .as_str()
-            .or_else(|| v["span"]["node_id"].as_str());
-        assert_eq!(node_id, Some(node.node_id()), "node_id missing: {line}");
+        // At the top level of every line, not only under `span`.
+        assert_eq!(
+            v["node_id"].as_str(),
+            Some(node.node_id()),
+            "top-level node_id missing: {line}"
+        );
+        assert_eq!(
+            line.matches("\"node_id\"").count(),
+            1 + usize::from(v["span"]["node_id"].is_string()),
+            "{line}"
+        );
         if v["span"]["name"] == "session" {
             session_lines += 1;
             assert_eq!(v["span"]["room_id"], room.as_str(), "{line}");

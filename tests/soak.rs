@@ -6,6 +6,9 @@
 //!
 //! `SOAK_SECONDS` sets the churn phase (default 60); `SOAK_ROOMS` the number of
 //! rooms (default 100, ten users each: six stay, four churn).
+//!
+//! Ignored by default so a plain `cargo test` stays quick; `.ci/run` runs it on its
+//! own with `cargo test --locked --test soak -- --ignored`.
 
 #[macro_use]
 mod support;
@@ -289,6 +292,7 @@ fn redis_matches(c: &Cluster, rooms: &HashMap<String, Vec<String>>) -> Result<()
 
 /// A minute of churn around stable members loses and reorders nothing, and leaks no key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a minute of churn over ~1,000 connections; .ci/run runs it with `cargo test --locked --test soak -- --ignored`"]
 async fn churn_loses_nothing_and_leaks_nothing() {
     let seconds = env_or("SOAK_SECONDS", 60);
     let room_count = env_or("SOAK_ROOMS", 100) as usize;

@@ -48,64 +48,83 @@ enum End {
     Closed(CloseReason),
 }
 
-impl End {
+/// Everything one way of ending decides for the client and the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ending {
+    /// The `error` frame sent before the close, if any.
+    error: Option<ErrorCode>,
+    /// The close code and its text (also the `error` frame's message); `None` when
+    /// the client closed or vanished first, so there is nobody to tell.
+    close: Option<(u16, &'static str)>,
     /// The `user_left` reason, or `None` when the room must not hear of it
     /// (a replaced session: its successor's join already told the room).
-    fn leave_reason(self) -> Option<LeaveReason> {
-        match self {
-            End::ClientClosed | End::ClientGone | End::TooBig | End::ProtocolViolation => {
-                Some(LeaveReason::Left)
-            }
-            End::Closed(CloseReason::Replaced) => None,
-            End::Closed(CloseReason::Kicked) => Some(LeaveReason::Kicked),
-            End::Closed(CloseReason::SlowConsumer) => Some(LeaveReason::Timeout),
-            End::Closed(CloseReason::Shutdown) => Some(LeaveReason::Shutdown),
-            End::Closed(CloseReason::Timeout | CloseReason::NodeExpired) => {
-                Some(LeaveReason::Timeout)
-            }
-            End::Closed(CloseReason::RateLimited) => Some(LeaveReason::Left),
-        }
-    }
+    leave: Option<LeaveReason>,
+}
 
-    /// The `error` frame code and close code the client gets, if any.
-    fn farewell(self) -> Option<(Option<ErrorCode>, u16, &'static str)> {
-        match self {
-            End::ClientClosed | End::ClientGone => None,
-            End::TooBig => Some((None, close_code::TOO_BIG, "message too big")),
-            End::ProtocolViolation => Some((None, 1007, "invalid frame")),
-            End::Closed(CloseReason::Replaced) => Some((
-                Some(ErrorCode::Replaced),
-                close_code::REPLACED,
-                "replaced by a newer connection",
-            )),
-            End::Closed(CloseReason::Kicked) => {
-                Some((Some(ErrorCode::Kicked), close_code::KICKED, "kicked"))
+impl End {
+    /// The one table from each way a session ends to its error code, close code,
+    /// text and leave reason, so the three can never disagree.
+    const fn ending(self) -> Ending {
+        use CloseReason as C;
+        use ErrorCode as E;
+        use LeaveReason as L;
+        const fn row(
+            error: Option<ErrorCode>,
+            close: Option<(u16, &'static str)>,
+            leave: Option<LeaveReason>,
+        ) -> Ending {
+            Ending {
+                error,
+                close,
+                leave,
             }
-            End::Closed(CloseReason::SlowConsumer) => Some((
-                Some(ErrorCode::SlowConsumer),
-                close_code::SLOW_CONSUMER,
-                "outbound queue overflowed",
-            )),
-            End::Closed(CloseReason::Shutdown) => Some((
-                Some(ErrorCode::Shutdown),
-                close_code::GOING_AWAY,
-                "node shutting down; reconnect",
-            )),
-            End::Closed(CloseReason::Timeout) => Some((
-                Some(ErrorCode::Timeout),
-                close_code::TIMEOUT,
-                "no answer to pings",
-            )),
-            End::Closed(CloseReason::RateLimited) => Some((
-                Some(ErrorCode::RateLimited),
-                close_code::RATE_LIMITED,
-                "sustained rate-limit abuse",
-            )),
-            End::Closed(CloseReason::NodeExpired) => Some((
-                Some(ErrorCode::Unavailable),
-                close_code::TRY_AGAIN_LATER,
-                "this node lost its cluster membership; reconnect",
-            )),
+        }
+        match self {
+            End::ClientClosed | End::ClientGone => row(None, None, Some(L::Left)),
+            End::TooBig => row(
+                None,
+                Some((close_code::TOO_BIG, "message too big")),
+                Some(L::Left),
+            ),
+            End::ProtocolViolation => row(None, Some((1007, "invalid frame")), Some(L::Left)),
+            End::Closed(C::Replaced) => row(
+                Some(E::Replaced),
+                Some((close_code::REPLACED, "replaced by a newer connection")),
+                None,
+            ),
+            End::Closed(C::Kicked) => row(
+                Some(E::Kicked),
+                Some((close_code::KICKED, "kicked")),
+                Some(L::Kicked),
+            ),
+            End::Closed(C::SlowConsumer) => row(
+                Some(E::SlowConsumer),
+                Some((close_code::SLOW_CONSUMER, "outbound queue overflowed")),
+                Some(L::Timeout),
+            ),
+            End::Closed(C::Shutdown) => row(
+                Some(E::Shutdown),
+                Some((close_code::GOING_AWAY, "node shutting down; reconnect")),
+                Some(L::Shutdown),
+            ),
+            End::Closed(C::Timeout) => row(
+                Some(E::Timeout),
+                Some((close_code::TIMEOUT, "no answer to pings")),
+                Some(L::Timeout),
+            ),
+            End::Closed(C::RateLimited) => row(
+                Some(E::RateLimited),
+                Some((close_code::RATE_LIMITED, "sustained rate-limit abuse")),
+                Some(L::Left),
+            ),
+            End::Closed(C::NodeExpired) => row(
+                Some(E::Unavailable),
+                Some((
+                    close_code::TRY_AGAIN_LATER,
+                    "this node lost its cluster membership; reconnect",
+                )),
+                Some(L::Timeout),
+            ),
         }
     }
 }
@@ -244,12 +263,13 @@ async fn serve(
     // Off the registry before leaving Redis: re-registration after a Redis restart
     // works from the registry, and must never write back a session that is leaving.
     forget(&state, &user, session).await;
-    match end.leave_reason() {
+    let ending = end.ending();
+    match ending.leave {
         Some(reason) => leave(&state, &room, &user, session, reason).await,
         None => state.broker.forget_session(session).await,
     }
-    if let (Some(socket), Some((code, close, text))) = (socket, end.farewell()) {
-        farewell(socket, code, close, text).await;
+    if let (Some(socket), Some((close, text))) = (socket, ending.close) {
+        farewell(socket, ending.error, close, text).await;
     }
     tracing::info!(reason = ?end, "disconnected");
 }

@@ -11,7 +11,8 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Why the node ends a session; decides the error frame, close code and `user_left` reason.
+/// Why the node ends a session; the table in `End::ending` (session/mod.rs) maps
+/// each to its error frame, close code and `user_left` reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// A newer session of the same user took over.
