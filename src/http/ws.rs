@@ -180,9 +180,6 @@ pub(super) async fn upgrade(
 
     let tracker = state.tracker.clone();
     ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            session::run(socket, state, room, user, credentials).await;
-            drop(slot);
-        })
+        tracker.track_future(session::run(socket, state, room, user, credentials, slot))
     })
 }

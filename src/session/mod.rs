@@ -19,7 +19,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tracing::Instrument;
 
-use crate::app::AppState;
+use crate::app::{AppState, ConnectionSlot};
 use crate::broker::{JoinRequest, JoinResult, LeaveRequest};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::{
@@ -136,6 +136,7 @@ pub async fn run(
     room: RoomId,
     user: UserId,
     credentials: Credentials,
+    slot: ConnectionSlot,
 ) {
     let session = SessionId::new();
     let span = tracing::info_span!(
@@ -145,7 +146,7 @@ pub async fn run(
         session_id = %session,
         node_id = %state.config.node_id,
     );
-    serve(socket, state, room, user, session, credentials)
+    serve(socket, state, room, user, session, credentials, slot)
         .instrument(span)
         .await;
 }
@@ -157,6 +158,7 @@ async fn serve(
     user: UserId,
     session: SessionId,
     credentials: Credentials,
+    slot: ConnectionSlot,
 ) {
     tracing::info!("connected");
     let admitted = match admission::admit(&state, &room, &user, credentials).await {
@@ -259,6 +261,9 @@ async fn serve(
     };
     let (end, socket) = end;
     inbox.seal();
+    // The client is gone or being told goodbye: its place under MAX_CONNECTIONS is
+    // free now, not after the Redis cleanup below (several round trips).
+    drop(slot);
 
     // Off the registry before leaving Redis: re-registration after a Redis restart
     // works from the registry, and must never write back a session that is leaving.
