@@ -946,12 +946,11 @@ impl RedisBroker {
         })
         .await?;
         self.pooled("heartbeat", async |conn| {
-            let dead: i64 = self
-                .scripts
-                .heartbeat
-                .key(self.keys.node(me))
-                .key(self.keys.run_dead(me, &run))
-                .key(self.keys.run_sessions(me, &run))
+            let mut invocation = self.scripts.heartbeat.prepare_invoke();
+            for key in script_keys::heartbeat(&self.keys, me, &run) {
+                invocation.key(key);
+            }
+            let dead: i64 = invocation
                 .arg(&run)
                 .arg(info)
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
@@ -971,11 +970,11 @@ impl RedisBroker {
         let run = self.incarnation.current().to_string();
         let left: i64 = self
             .pooled("deregister", async |conn| {
-                let left: i64 = self
-                    .scripts
-                    .deregister
-                    .key(self.keys.node(me))
-                    .key(self.keys.run_sessions(me, &run))
+                let mut invocation = self.scripts.deregister.prepare_invoke();
+                for key in script_keys::deregister(&self.keys, me, &run) {
+                    invocation.key(key);
+                }
+                let left: i64 = invocation
                     .arg(&run)
                     .invoke_async(&mut *conn)
                     .await?;
@@ -1119,12 +1118,11 @@ impl RedisBroker {
     ) -> Result<Option<usize>, BrokerError> {
         let reply = self
             .pooled("claim_dead", async |conn| {
-                let reply: Vec<String> = self
-                    .scripts
-                    .claim_dead
-                    .key(self.keys.node(node))
-                    .key(self.keys.run_sessions(node, run))
-                    .key(self.keys.run_dead(node, run))
+                let mut invocation = self.scripts.claim_dead.prepare_invoke();
+                for key in script_keys::claim_dead(&self.keys, node, run) {
+                    invocation.key(key);
+                }
+                let reply: Vec<String> = invocation
                     .arg(run)
                     .arg(DEAD_MARKER_SECS)
                     .arg(if missing_counts { "1" } else { "0" })

@@ -53,6 +53,22 @@ pub(super) fn create_room(k: &Keys, room: &str) -> Vec<String> {
     vec![k.room_meta(room), k.room(room)]
 }
 
+/// A run's heartbeat (heartbeat.lua): the node's heartbeat, the run's dead
+/// marker and its sessions hash.
+pub(super) fn heartbeat(k: &Keys, node: &str, run: &str) -> Vec<String> {
+    vec![k.node(node), k.run_dead(node, run), k.run_sessions(node, run)]
+}
+
+/// A run's clean shutdown (deregister.lua).
+pub(super) fn deregister(k: &Keys, node: &str, run: &str) -> Vec<String> {
+    vec![k.node(node), k.run_sessions(node, run)]
+}
+
+/// The claim of a dead run (claim_dead.lua).
+pub(super) fn claim_dead(k: &Keys, node: &str, run: &str) -> Vec<String> {
+    vec![k.node(node), k.run_sessions(node, run), k.run_dead(node, run)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +89,9 @@ mod tests {
                 broadcast_sealed(k, room, ["a", "b", "nodes"]),
             ),
             ("create_room", create_room(k, room)),
+            ("heartbeat", heartbeat(k, "node-1", "0a1b2c3d4e5f")),
+            ("deregister", deregister(k, "node-1", "0a1b2c3d4e5f")),
+            ("claim_dead", claim_dead(k, "node.2", "0a1b2c3d4e5f")),
         ]
     }
 
