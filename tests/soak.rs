@@ -1,8 +1,10 @@
 //! Soak: three nodes, about a thousand connections, a minute of churn (joins,
 //! leaves, replaced users, clients killed in the middle of a frame) around members
-//! that stay connected and keep messaging each other. At the end Redis holds
-//! exactly the live users and rooms, and no directed message between two members
-//! that stayed connected was lost or reordered (PROTOCOL.md section 5).
+//! that stay connected and keep messaging each other, plus a fourth node that only
+//! churners use, SIGKILLed half-way and restarted at once with the same `NODE_ID`.
+//! At the end Redis holds exactly the live users and rooms (the killed run's
+//! members evicted, the new run's never), and no directed message between two
+//! members that stayed connected was lost or reordered (PROTOCOL.md section 5).
 //!
 //! `SOAK_SECONDS` sets the churn phase (default 60); `SOAK_ROOMS` the number of
 //! rooms (default 100, ten users each: six stay, four churn).
@@ -172,7 +174,7 @@ struct ChurnStats {
 /// then closes, is killed mid-frame, or is replaced by a new connection elsewhere.
 /// It ends disconnected.
 async fn churner(
-    urls: Vec<String>,
+    urls: Arc<std::sync::RwLock<Vec<String>>>,
     room: String,
     user: String,
     stable: Vec<String>,
@@ -182,6 +184,7 @@ async fn churner(
 ) {
     let mut rng = Rng(seed | 1);
     let url = |rng: &mut Rng| {
+        let urls = urls.read().unwrap_or_else(|e| e.into_inner());
         format!(
             "{}/ws/{room}/{user}",
             urls[rng.below(urls.len() as u64) as usize]
@@ -193,6 +196,8 @@ async fn churner(
             Some(ws) => ws,
             None => {
                 let Some(mut ws) = connect(&url(&mut rng)).await else {
+                    // The restarted node's old address refuses for a moment: back off.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 };
                 if await_room_users(&mut ws).await.is_none() {
@@ -308,6 +313,19 @@ async fn churn_loses_nothing_and_leaks_nothing() {
         .map(|i| c.node(i).http_url().replacen("http", "ws", 1))
         .collect();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // The fourth node: churners only, killed and restarted with the same id.
+    let env = [
+        ("RATE_LIMIT_PER_SECOND", "0"),
+        ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+    ];
+    let restarted_id = format!("soak-restarted-{run}");
+    let mut restarted =
+        TestNode::start_named(c.redis_server(), c.prefix(), &restarted_id, &env).await;
+    let churn_urls = Arc::new(std::sync::RwLock::new({
+        let mut all = urls.clone();
+        all.push(restarted.http_url().replacen("http", "ws", 1));
+        all
+    }));
 
     let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
     for r in 0..room_count {
@@ -360,7 +378,7 @@ async fn churn_loses_nothing_and_leaks_nothing() {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             churn_tasks.push(tokio::spawn(churner(
-                urls.clone(),
+                churn_urls.clone(),
                 room.clone(),
                 format!("c{r}x{i}"),
                 members.clone(),
@@ -372,7 +390,21 @@ async fn churn_loses_nothing_and_leaks_nothing() {
     }
 
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await; // the soak itself, not a synchronisation
+    // The soak itself, not a synchronisation; half-way the fourth node is killed
+    // and a new process takes its NODE_ID at once.
+    tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+    restarted.sigkill().await;
+    restarted = TestNode::start_named(c.redis_server(), c.prefix(), &restarted_id, &env).await;
+    let new_url = restarted.http_url().replacen("http", "ws", 1);
+    if let Some(last) = churn_urls
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_mut()
+    {
+        *last = new_url;
+    }
+    let restarted_at = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(seconds - seconds / 2)).await;
     stop_tx.send(true).expect("stop signal");
     for task in churn_tasks {
         tokio::time::timeout(Duration::from_secs(30), task)
@@ -438,7 +470,8 @@ async fn churn_loses_nothing_and_leaks_nothing() {
         "messages nobody sent: {got:?}"
     );
     eprintln!(
-        "soak: {} stable members in {room_count} rooms on 3 nodes, {} churners for {churned:?}: \
+        "soak: {} stable members in {room_count} rooms on 3 nodes, {} churners on 4 nodes for {churned:?} \
+         (the fourth killed and restarted with its NODE_ID at {restarted_at:?}): \
          {} churn joins, {} closes, {} mid-frame kills, {} replacements; \
          {delivered} directed messages between stable members, all in order",
         room_count * STABLE_PER_ROOM,

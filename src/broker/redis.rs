@@ -974,10 +974,7 @@ impl RedisBroker {
                 for key in script_keys::deregister(&self.keys, me, &run) {
                     invocation.key(key);
                 }
-                let left: i64 = invocation
-                    .arg(&run)
-                    .invoke_async(&mut *conn)
-                    .await?;
+                let left: i64 = invocation.arg(&run).invoke_async(&mut *conn).await?;
                 Ok(left)
             })
             .await?;

@@ -56,7 +56,11 @@ pub(super) fn create_room(k: &Keys, room: &str) -> Vec<String> {
 /// A run's heartbeat (heartbeat.lua): the node's heartbeat, the run's dead
 /// marker and its sessions hash.
 pub(super) fn heartbeat(k: &Keys, node: &str, run: &str) -> Vec<String> {
-    vec![k.node(node), k.run_dead(node, run), k.run_sessions(node, run)]
+    vec![
+        k.node(node),
+        k.run_dead(node, run),
+        k.run_sessions(node, run),
+    ]
 }
 
 /// A run's clean shutdown (deregister.lua).
@@ -66,7 +70,11 @@ pub(super) fn deregister(k: &Keys, node: &str, run: &str) -> Vec<String> {
 
 /// The claim of a dead run (claim_dead.lua).
 pub(super) fn claim_dead(k: &Keys, node: &str, run: &str) -> Vec<String> {
-    vec![k.node(node), k.run_sessions(node, run), k.run_dead(node, run)]
+    vec![
+        k.node(node),
+        k.run_sessions(node, run),
+        k.run_dead(node, run),
+    ]
 }
 
 #[cfg(test)]
