@@ -8,7 +8,8 @@
 //! One submodule per topic, all re-exported here (`use support::*;`): `util`
 //! (timeouts, ids, ports, polling, temp dirs), `redis`, `node`, `http`, `cluster`,
 //! `client` (WebSocket), `assert` (frame builders and shapes), `proxy` (freezable
-//! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `tls`.
+//! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `tls`; and
+//! `security`, helpers of the security suites, used as `support::security::*`.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 mod assert;
@@ -19,6 +20,7 @@ mod node;
 mod proxy;
 mod redis;
 mod redis_watch;
+pub mod security;
 mod tls;
 mod util;
 
