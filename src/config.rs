@@ -243,7 +243,7 @@ impl Config {
         let redis = redis_target(&get)?;
 
         let key_prefix = var("KEY_PREFIX").unwrap_or_else(|| "signal:".to_owned());
-        // Braces would break the hash tags that keep prefixes apart (broker/keys.rs).
+        // Braces would break the hash tags that keep prefixes apart (broker/redis/keys.rs).
         if key_prefix.len() > 128
             || key_prefix
                 .chars()

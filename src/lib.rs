@@ -11,7 +11,8 @@
 //! - [`protocol`]: every wire frame, error code and close code.
 //! - [`envelope`]: what nodes publish to each other on a user's channel.
 //! - [`crypto`]: sealing relayed frames on their way through Redis.
-//! - [`broker`]: the seam to cluster state, with the Redis and memory engines.
+//! - [`broker`]: the seam to cluster state, with the memory engine and, under
+//!   `broker/redis/`, everything that knows Redis (engine, keys, scripts, subscriber).
 //! - [`registry`]: the sessions on this node, delivery to them and what each was told.
 //! - [`cluster`]: heartbeat, dead-node cleanup and recovery after Redis restarts.
 //! - [`session`]: one task per WebSocket: join, relay, leave.

@@ -6,14 +6,8 @@
 //! node's [`Registry`](crate::registry::Registry) and behave the same; the
 //! integration tests run one suite against each.
 
-pub mod keys;
-pub mod member_record;
 pub mod memory;
 pub mod redis;
-mod relay_conn;
-mod rooms_redis;
-mod script_keys;
-mod subscriber;
 
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::{LeaveReason, Role, User, UserInfo};

@@ -9,6 +9,13 @@
 //! scripts (`lua/`), atomic and one round trip each. Whether Redis answers is
 //! tracked here and logged once per change, not once per failed command.
 
+pub mod keys;
+pub mod member_record;
+mod relay_conn;
+mod rooms;
+mod script_keys;
+mod subscriber;
+
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +25,10 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{self, Keys};
-use super::member_record::MemberRecord;
-use super::relay_conn::RelayConn;
-use super::script_keys;
-use super::subscriber::Subscriber;
+use self::keys::Keys;
+use self::member_record::MemberRecord;
+use self::relay_conn::RelayConn;
+use self::subscriber::Subscriber;
 use super::{
     sort_members, BrokerError, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome,
 };
@@ -48,21 +54,21 @@ const KEY_DIFFERS: u8 = 2;
 /// How long the dead marker of an evicted node is kept for it to find.
 const DEAD_MARKER_SECS: u64 = 3600;
 
-pub(super) struct Scripts {
-    pub(super) join_room: Script,
-    pub(super) claim_user: Script,
-    pub(super) leave_room: Script,
-    pub(super) leave_user: Script,
-    pub(super) relay: Script,
-    pub(super) broadcast: Script,
-    pub(super) broadcast_sealed: Script,
-    pub(super) restore_user: Script,
-    pub(super) restore_room: Script,
-    pub(super) heartbeat: Script,
-    pub(super) claim_dead: Script,
-    pub(super) deregister: Script,
-    pub(super) create_room: Script,
-    pub(super) close_room: Script,
+struct Scripts {
+    join_room: Script,
+    claim_user: Script,
+    leave_room: Script,
+    leave_user: Script,
+    relay: Script,
+    broadcast: Script,
+    broadcast_sealed: Script,
+    restore_user: Script,
+    restore_room: Script,
+    heartbeat: Script,
+    claim_dead: Script,
+    deregister: Script,
+    create_room: Script,
+    close_room: Script,
 }
 
 impl Scripts {
@@ -88,16 +94,16 @@ impl Scripts {
 
 /// Rooms and users in Redis, shared by every node with the same `KEY_PREFIX`.
 pub struct RedisBroker {
-    pub(super) keys: Keys,
-    pub(super) node_id: NodeId,
+    keys: Keys,
+    node_id: NodeId,
     /// This node's current run: sessions are recorded under it, and it is what
     /// the heartbeat registers.
-    pub(super) incarnation: Arc<Incarnation>,
-    pub(super) ttl_secs: u64,
-    pub(super) pool: Pool,
-    pub(super) relay: RelayConn,
-    pub(super) subscriber: Arc<Subscriber>,
-    pub(super) scripts: Scripts,
+    incarnation: Arc<Incarnation>,
+    ttl_secs: u64,
+    pool: Pool,
+    relay: RelayConn,
+    subscriber: Arc<Subscriber>,
+    scripts: Scripts,
     /// Last known reachability, so a loss and a recovery are each logged once.
     reachable: AtomicBool,
     /// Throttles the ERROR lines of commands Redis answered with an error.
@@ -974,10 +980,7 @@ impl RedisBroker {
                 for key in script_keys::deregister(&self.keys, me, &run) {
                     invocation.key(key);
                 }
-                let left: i64 = invocation
-                    .arg(&run)
-                    .invoke_async(&mut *conn)
-                    .await?;
+                let left: i64 = invocation.arg(&run).invoke_async(&mut *conn).await?;
                 Ok(left)
             })
             .await?;

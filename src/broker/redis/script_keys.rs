@@ -2,7 +2,7 @@
 //! lists as `KEYS`, and the tests below prove that every list lies in ONE hash slot
 //! (what Redis Cluster demands of a script, and what makes each step atomic there).
 //! An operation that needs several slots is a sequence of these calls, ordered in
-//! `redis.rs` so that a crash between two steps never loses a member.
+//! the engine (`mod.rs`) so that a crash between two steps never loses a member.
 
 use super::keys::Keys;
 
@@ -56,7 +56,11 @@ pub(super) fn create_room(k: &Keys, room: &str) -> Vec<String> {
 /// A run's heartbeat (heartbeat.lua): the node's heartbeat, the run's dead
 /// marker and its sessions hash.
 pub(super) fn heartbeat(k: &Keys, node: &str, run: &str) -> Vec<String> {
-    vec![k.node(node), k.run_dead(node, run), k.run_sessions(node, run)]
+    vec![
+        k.node(node),
+        k.run_dead(node, run),
+        k.run_sessions(node, run),
+    ]
 }
 
 /// A run's clean shutdown (deregister.lua).
@@ -66,13 +70,17 @@ pub(super) fn deregister(k: &Keys, node: &str, run: &str) -> Vec<String> {
 
 /// The claim of a dead run (claim_dead.lua).
 pub(super) fn claim_dead(k: &Keys, node: &str, run: &str) -> Vec<String> {
-    vec![k.node(node), k.run_sessions(node, run), k.run_dead(node, run)]
+    vec![
+        k.node(node),
+        k.run_sessions(node, run),
+        k.run_dead(node, run),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::keys::slot;
+    use crate::broker::redis::keys::slot;
 
     /// Every script call the engine makes, with ids that stress the layout.
     fn every_call(k: &Keys) -> Vec<(&'static str, Vec<String>)> {

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
-use super::BrokerError;
+use crate::broker::BrokerError;
 use crate::crypto::{self, PayloadCipher};
 use crate::ids::{NodeId, RoomId, UserId};
 use crate::registry::Registry;
