@@ -28,8 +28,8 @@ use crate::app::AppState;
 use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
 use crate::incarnation::Incarnation;
+use crate::outbox::CloseReason;
 use crate::protocol::now_rfc3339_millis;
-use crate::session::outbox::CloseReason;
 
 /// How often a registered node beats and looks for dead runs.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);

@@ -15,6 +15,8 @@
 //!   `broker/redis/`, everything that knows Redis (engine, keys, scripts, subscriber).
 //! - [`registry`]: the sessions on this node, delivery to them and what each was told.
 //! - [`cluster`]: heartbeat, dead-node cleanup and recovery after Redis restarts.
+//! - [`outbox`]: a session's bounded outbound queue and close signal, shared by the
+//!   transport (which drains it) and the registry (which fills it).
 //! - [`session`]: one task per WebSocket: join, relay, leave.
 //! - [`http`]: REST, health, readiness and the WebSocket route.
 //! - [`metrics`]: Prometheus metric names and recording helpers.
@@ -35,6 +37,7 @@ pub mod ids;
 pub mod incarnation;
 pub mod log_limit;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod session;

@@ -24,8 +24,8 @@ use std::sync::{Mutex, MutexGuard};
 use crate::envelope::{self, Envelope, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::incarnation::RunId;
+use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User};
-use crate::session::outbox::{CloseReason, Outbox};
 
 /// Envelopes a joining session may accumulate before it counts as a slow consumer.
 const MAX_PENDING: usize = 4096;
@@ -324,7 +324,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::outbox::{self, Inbox};
+    use crate::outbox::{self, Inbox};
     use tokio_util::sync::CancellationToken;
 
     fn user(id: &str) -> User {

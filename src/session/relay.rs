@@ -14,7 +14,7 @@ use crate::protocol::{
     Role,
 };
 
-use super::outbox::Outbox;
+use crate::outbox::Outbox;
 
 /// `target_not_found` is logged at WARN (PROTOCOL.md section 4), but a client can
 /// trigger it with every frame: node-wide, at most 10 lines per 10 s, the next
