@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::broker::redis::RedisBroker;
-use crate::broker::Broker;
+use crate::broker::{Broker, Deliveries};
 use crate::incarnation::Incarnation;
 use crate::outbox::CloseReason;
 use crate::protocol::now_rfc3339_millis;
@@ -166,16 +166,16 @@ async fn clean_dead_runs(redis: &RedisBroker, missing_counts: bool) {
 
 /// Writes every live local session back into Redis after it lost its state.
 async fn restore_sessions(state: &AppState, redis: &RedisBroker) {
-    let sessions = state.registry.snapshot();
+    let sessions = state.registry.local_sessions();
     let current = state.incarnation.current();
     let mut restored = 0;
     // A session of an older run is closing already (its run was declared dead).
-    for (user, handle) in sessions.iter().filter(|(_, h)| h.run == current) {
-        match redis.restore(user, handle).await {
+    for handle in sessions.iter().filter(|h| h.run == current) {
+        match redis.restore(handle).await {
             Ok(true) => restored += 1,
             Ok(false) => {
                 // Someone else holds this user now: this session is stale.
-                handle.outbox.close(CloseReason::Replaced);
+                state.registry.close_replaced(&handle.user, handle.session);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-registration interrupted; retried at the next reconnect");

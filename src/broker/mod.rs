@@ -2,12 +2,16 @@
 //! handler needs (join, leave, relay, membership queries), in domain terms.
 //!
 //! Two engines sit behind one enum (STYLE.md section 2): [`redis::RedisBroker`] for a
-//! cluster, [`memory::MemoryBroker`] for a standalone node. Both deliver through the
-//! node's [`Registry`](crate::registry::Registry) and behave the same; the
-//! integration tests run one suite against each.
+//! cluster, [`memory::MemoryBroker`] for a standalone node. Both hand deliveries to
+//! the [`Deliveries`] handler the node registers (its session registry, which the
+//! broker never names) and behave the same; the integration tests run one suite
+//! against each.
 
+mod deliveries;
 pub mod memory;
 pub mod redis;
+
+pub use deliveries::{Deliveries, LocalSession};
 
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::{LeaveReason, Role, User, UserInfo};

@@ -30,7 +30,8 @@ use self::member_record::MemberRecord;
 use self::relay_conn::RelayConn;
 use self::subscriber::Subscriber;
 use super::{
-    sort_members, BrokerError, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome,
+    sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
+    LocalSession, Member, RelayOutcome,
 };
 use crate::config::RedisTarget;
 use crate::crypto::{self, PayloadCipher};
@@ -38,7 +39,6 @@ use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::incarnation::{Incarnation, RunId};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User, UserInfo};
-use crate::registry::{Registry, SessionHandle};
 
 /// Longest wait for one command, so a hung Redis turns into `unavailable`, not a hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,7 +124,7 @@ impl RedisBroker {
         node_id: NodeId,
         incarnation: Arc<Incarnation>,
         ttl: Duration,
-        registry: Arc<Registry>,
+        deliveries: Arc<dyn Deliveries>,
         payload_key: Option<&[u8; 32]>,
     ) -> Result<Self, BrokerError> {
         let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
@@ -153,7 +153,7 @@ impl RedisBroker {
             pool.clone(),
             keys.clone(),
             node_id.clone(),
-            registry,
+            deliveries,
             cipher.clone(),
         ));
         Ok(Self {
@@ -1213,12 +1213,9 @@ impl RedisBroker {
     /// (a user now owned by another session makes this one stale: nothing else is
     /// written), then the room step, then this node's record and the room index.
     /// Returns false when another session owns the user now.
-    pub async fn restore(
-        &self,
-        user: &UserId,
-        handle: &SessionHandle,
-    ) -> Result<bool, BrokerError> {
-        let (room, session) = (handle.room_id.as_str(), handle.session_id.to_string());
+    pub async fn restore(&self, handle: &LocalSession) -> Result<bool, BrokerError> {
+        let user = &handle.user;
+        let (room, session) = (handle.room.as_str(), handle.session.to_string());
         let restored: i64 = self
             .pooled("restore_user", async |conn| {
                 let mut invocation = self.scripts.restore_user.prepare_invoke();
@@ -1241,7 +1238,7 @@ impl RedisBroker {
             return Ok(false);
         }
         let record = MemberRecord {
-            session: handle.session_id,
+            session: handle.session,
             ticket: 0,
             node: self.node_id.to_string(),
             role: handle.role,
