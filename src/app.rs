@@ -13,9 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 
 use crate::auth::Verifier;
-use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, NodeStatus};
 use crate::config::Config;
 use crate::incarnation::{Incarnation, RunId};
 use crate::registry::Registry;
@@ -71,22 +69,7 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, BrokerError> {
         let registry = Arc::new(Registry::new());
         let incarnation = Arc::new(Incarnation::new());
-        let broker = match &config.redis {
-            Some(target) => Broker::Redis(Box::new(RedisBroker::new(
-                target,
-                &config.key_prefix,
-                config.node_id.clone(),
-                incarnation.clone(),
-                config.room_ttl,
-                registry.clone(),
-                config.security.payload_key.as_ref(),
-            )?)),
-            None => Broker::Memory(MemoryBroker::new(
-                registry.clone(),
-                config.node_id.clone(),
-                config.room_ttl,
-            )),
-        };
+        let broker = Broker::new(&config, registry.clone(), incarnation.clone())?;
         let verifier = Verifier::new(&config.security).map(Arc::new);
         Ok(Self {
             broker: Arc::new(broker),
@@ -157,10 +140,18 @@ pub async fn run(
     let background = CancellationToken::new();
     let background_tasks = TaskTracker::new();
     // Spawned tasks keep the node's span, so their log lines carry the node id.
-    background_tasks.spawn(run_broker(state.broker.clone(), background.clone()).in_current_span());
+    let broker = state.broker.clone();
+    let cancel = background.clone();
+    background_tasks.spawn(async move { broker.run(cancel).await }.in_current_span());
     background_tasks.spawn(refresh_ttls(state.clone(), background.clone()).in_current_span());
-    background_tasks
-        .spawn(crate::cluster::run(state.clone(), addr, background.clone()).in_current_span());
+    let broker = state.broker.clone();
+    let counted = state.clone();
+    let node = NodeStatus {
+        addr,
+        connections: Box::new(move || counted.connections()),
+    };
+    let cancel = background.clone();
+    background_tasks.spawn(async move { broker.upkeep(node, cancel).await }.in_current_span());
     background_tasks.spawn(
         crate::stats::run_sampler(
             state.clone(),
@@ -245,13 +236,6 @@ async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
-    }
-}
-
-async fn run_broker(broker: Arc<Broker>, cancel: CancellationToken) {
-    match &*broker {
-        Broker::Redis(redis) => redis.run(cancel).await,
-        Broker::Memory(_) => cancel.cancelled().await,
     }
 }
 

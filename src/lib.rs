@@ -12,9 +12,9 @@
 //! - [`envelope`]: what nodes publish to each other on a user's channel.
 //! - [`crypto`]: sealing relayed frames on their way through Redis.
 //! - [`broker`]: the seam to cluster state, with the memory engine and, under
-//!   `broker/redis/`, everything that knows Redis (engine, keys, scripts, subscriber).
+//!   `broker/redis/`, everything that knows Redis (engine, keys, scripts, subscriber,
+//!   node upkeep: heartbeat, dead-run cleanup, recovery after Redis restarts).
 //! - [`registry`]: the sessions on this node, delivery to them and what each was told.
-//! - [`cluster`]: heartbeat, dead-node cleanup and recovery after Redis restarts.
 //! - [`outbox`]: a session's bounded outbound queue and close signal, shared by the
 //!   transport (which drains it) and the registry (which fills it).
 //! - [`session`]: one task per WebSocket: join, relay, leave.
@@ -28,7 +28,6 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
-pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod envelope;

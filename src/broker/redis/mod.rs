@@ -9,12 +9,14 @@
 //! scripts (`lua/`), atomic and one round trip each. Whether Redis answers is
 //! tracked here and logged once per change, not once per failed command.
 
+mod error;
 pub mod keys;
 pub mod member_record;
 mod relay_conn;
 mod rooms;
 mod script_keys;
 mod subscriber;
+pub mod upkeep;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use self::relay_conn::RelayConn;
 use self::subscriber::Subscriber;
 use super::{
     sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
-    LocalSession, Member, RelayOutcome,
+    LocalSession, Member, NodeStatus, RelayOutcome,
 };
 use crate::config::RedisTarget;
 use crate::crypto::{self, PayloadCipher};
@@ -99,6 +101,9 @@ pub struct RedisBroker {
     /// This node's current run: sessions are recorded under it, and it is what
     /// the heartbeat registers.
     incarnation: Arc<Incarnation>,
+    /// The node's local sessions: the subscriber delivers to them, the upkeep
+    /// writes them back, reconciles and closes them.
+    deliveries: Arc<dyn Deliveries>,
     ttl_secs: u64,
     pool: Pool,
     relay: RelayConn,
@@ -153,13 +158,14 @@ impl RedisBroker {
             pool.clone(),
             keys.clone(),
             node_id.clone(),
-            deliveries,
+            deliveries.clone(),
             cipher.clone(),
         ));
         Ok(Self {
             keys,
             node_id,
             incarnation,
+            deliveries,
             ttl_secs: ttl.as_secs().max(1),
             pool,
             relay,
@@ -175,6 +181,20 @@ impl RedisBroker {
     /// Keeps the subscriber connection up until `cancel`.
     pub async fn run(&self, cancel: CancellationToken) {
         self.subscriber.clone().run(cancel).await;
+    }
+
+    /// Runs the node upkeep (registration, dead runs, restore after Redis lost its
+    /// state) until `cancel`, deregistering this run at the end.
+    pub async fn upkeep(&self, node: &NodeStatus, cancel: CancellationToken) {
+        upkeep::run(
+            self,
+            &*self.deliveries,
+            &self.incarnation,
+            &self.node_id,
+            node,
+            cancel,
+        )
+        .await;
     }
 
     /// Counts subscriber (re)connections; a change means Redis may have lost state.
