@@ -169,6 +169,18 @@ pub enum JwtKey {
     PublicPem(Vec<u8>),
 }
 
+/// Checks that a PEM public key is RSA or EC P-256, for a clear startup error;
+/// the verifier ([`crate::auth`]) builds its key with the algorithm it names.
+pub fn check_public_key(pem: &[u8]) -> Result<jsonwebtoken::Algorithm, String> {
+    if jsonwebtoken::DecodingKey::from_rsa_pem(pem).is_ok() {
+        Ok(jsonwebtoken::Algorithm::RS256)
+    } else if jsonwebtoken::DecodingKey::from_ec_pem(pem).is_ok() {
+        Ok(jsonwebtoken::Algorithm::ES256)
+    } else {
+        Err("not a PEM RSA or EC public key".to_owned())
+    }
+}
+
 impl std::fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -396,7 +408,7 @@ fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigErr
         Some(other) => return Err(invalid("AUTH_MODE", other, "expected none or jwt")),
     };
     if let Some(JwtKey::PublicPem(pem)) = &auth {
-        crate::auth::check_public_key(pem)
+        check_public_key(pem)
             .map_err(|reason| invalid("JWT_PUBLIC_KEY_FILE", "(file)", &reason))?;
     }
     let max_ttl = parse_in(get, "TOKEN_MAX_TTL_SECONDS", 86_400, TTL_RANGE)?;
