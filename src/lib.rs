@@ -20,7 +20,9 @@
 //! - [`session`]: one task per WebSocket: join, relay, leave.
 //! - [`http`]: REST, health, readiness and the WebSocket route.
 //! - [`metrics`]: Prometheus metric names and recording helpers.
-//! - [`app`]: shared state, background tasks and the drain on shutdown.
+//! - [`state`]: [`state::AppState`], what every handler, session and task shares.
+//! - [`password_gate`]: bounds the argon2 room-password checks running at once.
+//! - [`app`]: the node assembled: background tasks, serving and the drain on shutdown.
 //! - [`shutdown`]: the signals that stop the node.
 //! - [`stats`]: this node's counters, rates and process figures for `/stats`.
 //! - [`log_limit`]: a budget for log lines a client can trigger at will.
@@ -37,9 +39,11 @@ pub mod incarnation;
 pub mod log_limit;
 pub mod metrics;
 pub mod outbox;
+pub mod password_gate;
 pub mod protocol;
 pub mod registry;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod stats;
 pub mod telemetry;

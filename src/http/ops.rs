@@ -9,10 +9,10 @@ use serde_json::{json, Value};
 
 use super::admin::{Admin, Bearer};
 use super::AppError;
-use crate::app::AppState;
 use crate::auth;
 use crate::broker::StoreStatus;
 use crate::protocol::now_rfc3339_millis;
+use crate::state::AppState;
 
 pub(super) async fn metrics(
     State(state): State<AppState>,

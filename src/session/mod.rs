@@ -7,7 +7,6 @@
 //! awaits each relay before taking the next frame, which keeps per-sender order.
 
 mod admission;
-pub mod password_gate;
 mod rate;
 mod relay;
 
@@ -18,7 +17,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tracing::Instrument;
 
-use crate::app::{AppState, ConnectionSlot};
 use crate::broker::{JoinRequest, JoinResult, LeaveRequest};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::outbox::{self, CloseReason, Inbox, Outbox};
@@ -27,6 +25,7 @@ use crate::protocol::{
     LeaveReason, Role,
 };
 use crate::registry::SessionHandle;
+use crate::state::{AppState, ConnectionSlot};
 pub use admission::Credentials;
 
 /// How long the last frames (error, close) may take to reach a client that stopped reading.

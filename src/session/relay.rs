@@ -4,7 +4,6 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use crate::app::AppState;
 use crate::broker::RelayOutcome;
 use crate::ids::{RoomId, UserId};
 use crate::log_limit::LogLimiter;
@@ -13,6 +12,7 @@ use crate::protocol::{
     error_frame, parse_client_frame_as, pong_frame, relayed_frame, ClientFrame, ErrorCode, Relay,
     Role,
 };
+use crate::state::AppState;
 
 use crate::outbox::Outbox;
 
