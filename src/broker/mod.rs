@@ -23,6 +23,10 @@ use crate::ids::{RoomId, SessionId, UserId};
 use crate::incarnation::Incarnation;
 use crate::protocol::{LeaveReason, Role, User, UserInfo};
 
+/// The store's own error behind a [`BrokerError`], kept opaque so that only the
+/// engine that produced it knows its type (the Redis engine's are redis-rs errors).
+pub type StoreFault = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A failure of the shared state store. Sessions answer it with `unavailable`,
 /// HTTP with 503. Outages ([`BrokerError::is_outage`]) and commands Redis answered
 /// with an error are told apart, so only a real outage turns `signal_redis_up` to 0
@@ -33,7 +37,7 @@ pub enum BrokerError {
     /// connection, a timeout, a parse failure on the wire, failed authentication,
     /// or a server that is loading, failing over or read-only.
     #[error("redis unreachable: {0}")]
-    Unreachable(::redis::RedisError),
+    Unreachable(StoreFault),
     /// Redis answered this command (or script) with an error: WRONGTYPE, an
     /// out-of-range argument, a script error. Redis itself is up.
     #[error("redis command {op} failed: {source}")]
@@ -41,7 +45,7 @@ pub enum BrokerError {
         /// The command or script, as named by the broker (`join`, `relay`, ...).
         op: &'static str,
         #[source]
-        source: ::redis::RedisError,
+        source: StoreFault,
     },
     /// No pooled connection could be had.
     #[error("redis pool: {0}")]

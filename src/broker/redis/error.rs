@@ -8,11 +8,11 @@ impl From<::redis::RedisError> for BrokerError {
     /// Classifies a redis-rs error; the command name is filled in by the broker.
     fn from(e: ::redis::RedisError) -> Self {
         if is_outage(&e) {
-            Self::Unreachable(e)
+            Self::Unreachable(Box::new(e))
         } else {
             Self::Command {
                 op: "redis",
-                source: e,
+                source: Box::new(e),
             }
         }
     }

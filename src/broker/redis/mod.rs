@@ -269,7 +269,7 @@ impl RedisBroker {
                 }
                 if let Err(BrokerError::Command { op, source }) = answered {
                     crate::metrics::redis_command_failed(op);
-                    self.command_errors.report(op, source);
+                    self.command_errors.report(op, &**source);
                 }
             }
         }
@@ -1304,7 +1304,7 @@ struct CommandErrorLog {
 }
 
 impl CommandErrorLog {
-    fn report(&self, op: &'static str, error: &redis::RedisError) {
+    fn report(&self, op: &'static str, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         let now = std::time::Instant::now();
         let suppressed = {
             // Plain bookkeeping: a panic elsewhere cannot leave it inconsistent.
@@ -1326,7 +1326,10 @@ impl CommandErrorLog {
         };
         tracing::error!(
             op,
-            code = error.code().unwrap_or("-"),
+            code = error
+                .downcast_ref::<redis::RedisError>()
+                .and_then(redis::RedisError::code)
+                .unwrap_or("-"),
             %error,
             not_logged_since_last = suppressed,
             "redis command failed: Redis answered with an error (it is reachable); the caller got `unavailable`"
