@@ -41,6 +41,7 @@ use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::broker::redis::RedisTarget;
 use crate::ids::{is_valid_id, NodeId};
 
 /// A configuration value that cannot be used; startup stops with this message.
@@ -101,22 +102,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log pipelines.
     Json,
-}
-
-/// Where the cluster's Redis lives. Kept as a parsed `ConnectionInfo` so a bad
-/// URL fails at startup, with a display form that never contains the password.
-#[derive(Clone)]
-pub struct RedisTarget {
-    /// What redis-rs connects to.
-    pub info: redis::ConnectionInfo,
-    /// `redis://host:port/db`, safe to log.
-    pub display: String,
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.display)
-    }
 }
 
 /// Everything a node needs to know, parsed and validated.
@@ -532,15 +517,10 @@ fn between<T: Display>(range: &RangeInclusive<T>) -> String {
 }
 
 fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTarget>, ConfigError> {
-    use redis::IntoConnectionInfo;
-
     if let Some(url) = get("REDIS_URL") {
-        let info = url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| invalid("REDIS_URL", &redact_url(&url), &e.to_string()))?;
-        let display = display_target(&info);
-        return Ok(Some(RedisTarget { info, display }));
+        let target =
+            RedisTarget::from_url(&url).map_err(|e| invalid("REDIS_URL", &redact_url(&url), &e))?;
+        return Ok(Some(target));
     }
     let any_set = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"]
         .iter()
@@ -558,27 +538,9 @@ fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTar
     }
     let port = parse_in(get, "REDIS_PORT", 6379, REDIS_PORT_RANGE)?;
     let db = parse_in(get, "REDIS_DB", 0, REDIS_DB_RANGE)?;
-    let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(db));
-    if let Some(pw) = get("REDIS_PASSWORD") {
-        settings = settings.set_password(pw);
-    }
-    let info = (host, port)
-        .into_connection_info()
-        .map_err(|e| invalid("REDIS_HOST", "", &e.to_string()))?
-        .set_redis_settings(settings);
-    let display = display_target(&info);
-    Ok(Some(RedisTarget { info, display }))
-}
-
-/// `redis://host:port/db` without credentials, for logs.
-fn display_target(info: &redis::ConnectionInfo) -> String {
-    let db = info.redis_settings().db();
-    match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
-        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
-        redis::ConnectionAddr::Unix(path) => format!("unix://{}/{db}", path.display()),
-        other => format!("{other}"),
-    }
+    let target = RedisTarget::from_parts(host, port, db, get("REDIS_PASSWORD"))
+        .map_err(|e| invalid("REDIS_HOST", "", &e))?;
+    Ok(Some(target))
 }
 
 /// Removes any `user:password@` part before a URL is shown in an error.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, EngineSettings};
 use crate::config::Config;
 use crate::incarnation::{Incarnation, RunId};
 use crate::password_gate::PasswordGate;
@@ -61,7 +61,14 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, BrokerError> {
         let registry = Arc::new(Registry::new());
         let incarnation = Arc::new(Incarnation::new());
-        let broker = Broker::new(&config, registry.clone(), incarnation.clone())?;
+        let settings = EngineSettings {
+            redis: config.redis.as_ref(),
+            key_prefix: &config.key_prefix,
+            node_id: config.node_id.clone(),
+            room_ttl: config.room_ttl,
+            payload_key: config.security.payload_key.as_ref(),
+        };
+        let broker = Broker::new(settings, registry.clone(), incarnation.clone())?;
         let verifier = Verifier::new(&config.security).map(Arc::new);
         Ok(Self {
             broker: Arc::new(broker),

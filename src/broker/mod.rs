@@ -15,11 +15,11 @@ pub use deliveries::{Deliveries, LocalSession};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::ids::{RoomId, SessionId, UserId};
+use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::incarnation::Incarnation;
 use crate::protocol::{LeaveReason, Role, User, UserInfo};
 
@@ -186,6 +186,21 @@ pub struct NodeStatus {
     pub connections: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
+/// The settings an engine is built from (read from the environment by
+/// [`crate::config`]).
+pub struct EngineSettings<'a> {
+    /// The Redis to share with other nodes; `None` runs standalone in memory.
+    pub redis: Option<&'a redis::RedisTarget>,
+    /// `KEY_PREFIX`: what keeps clusters sharing one Redis apart.
+    pub key_prefix: &'a str,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// How long rooms and users outlive their last refresh.
+    pub room_ttl: Duration,
+    /// `PAYLOAD_ENCRYPTION_KEY`, sealing relayed frames in Redis.
+    pub payload_key: Option<&'a [u8; 32]>,
+}
+
 /// The state store as `/stats` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreStatus {
@@ -210,28 +225,28 @@ pub enum Broker {
 }
 
 impl Broker {
-    /// Builds the engine `config` asks for (Redis when a target is set, else
+    /// Builds the engine `settings` ask for (Redis when a target is set, else
     /// memory), delivering to `deliveries` and registering `incarnation`'s runs.
     /// Nothing is dialled yet: a node starts while Redis is down.
     pub fn new(
-        config: &Config,
+        settings: EngineSettings<'_>,
         deliveries: Arc<dyn Deliveries>,
         incarnation: Arc<Incarnation>,
     ) -> Result<Self, BrokerError> {
-        Ok(match &config.redis {
+        Ok(match settings.redis {
             Some(target) => Self::Redis(Box::new(redis::RedisBroker::new(
                 target,
-                &config.key_prefix,
-                config.node_id.clone(),
+                settings.key_prefix,
+                settings.node_id,
                 incarnation,
-                config.room_ttl,
+                settings.room_ttl,
                 deliveries,
-                config.security.payload_key.as_ref(),
+                settings.payload_key,
             )?)),
             None => Self::Memory(memory::MemoryBroker::new(
                 deliveries,
-                config.node_id.clone(),
-                config.room_ttl,
+                settings.node_id,
+                settings.room_ttl,
             )),
         })
     }

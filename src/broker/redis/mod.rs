@@ -16,7 +16,10 @@ mod relay_conn;
 mod rooms;
 mod script_keys;
 mod subscriber;
+mod target;
 pub mod upkeep;
+
+pub use target::RedisTarget;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -35,7 +38,6 @@ use super::{
     sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
     LocalSession, Member, NodeStatus, RelayOutcome,
 };
-use crate::config::RedisTarget;
 use crate::crypto::{self, PayloadCipher};
 use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
