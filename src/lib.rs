@@ -14,7 +14,9 @@
 //! - [`broker`]: the seam to cluster state, with the memory engine and, under
 //!   `broker/redis/`, everything that knows Redis (engine, keys, scripts, subscriber,
 //!   node upkeep: heartbeat, dead-run cleanup, recovery after Redis restarts).
-//! - [`registry`]: the sessions on this node, delivery to them and what each was told.
+//! - [`registry`]: the sessions on this node, delivery to them and what each was told;
+//!   it is the [`broker::Deliveries`] handler the engines hand deliveries to.
+//! - [`incarnation`]: this node's run id, which the cluster registers and may declare dead.
 //! - [`outbox`]: a session's bounded outbound queue and close signal, shared by the
 //!   transport (which drains it) and the registry (which fills it).
 //! - [`session`]: one task per WebSocket: join, relay, leave.
@@ -26,6 +28,10 @@
 //! - [`shutdown`]: the signals that stop the node.
 //! - [`stats`]: this node's counters, rates and process figures for `/stats`.
 //! - [`log_limit`]: a budget for log lines a client can trigger at will.
+//! - [`telemetry`]: log setup (text or JSON) with caps on dependency log lines.
+//!
+//! Imports run one way (no module imports one that imports it back); data flows
+//! client → session → broker → Redis → subscriber → registry → session.
 
 pub mod app;
 pub mod auth;
