@@ -1,8 +1,7 @@
-//! The node assembled: shared state, the router, background tasks, and the drain.
+//! The node assembled: its state ([`crate::state`]), the router, background tasks,
+//! and the drain.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,122 +11,15 @@ use tokio_util::task::TaskTracker;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 
-use crate::auth::Verifier;
-use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::NodeStatus;
 use crate::config::Config;
-use crate::incarnation::{Incarnation, RunId};
-use crate::registry::Registry;
-use crate::session::password_gate::PasswordGate;
-use crate::stats::Stats;
+use crate::state::AppState;
 
 /// How long sessions get to say goodbye and clean Redis after a shutdown signal;
 /// with the steps around it the process exits well within 10 s.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(7);
 /// How long background tasks get to stop after the sessions are gone.
 const BACKGROUND_DEADLINE: Duration = Duration::from_secs(1);
-
-/// What every handler and session shares. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// The cluster engine.
-    pub broker: Arc<Broker>,
-    /// Sessions on this node.
-    pub registry: Arc<Registry>,
-    /// Settings.
-    pub config: Arc<Config>,
-    /// Parent of every session's close signal; cancelled to drain.
-    pub sessions: CancellationToken,
-    /// Owns every session task, so the drain can wait for them (axum does not wait
-    /// for upgraded connections).
-    pub tracker: TaskTracker,
-    draining: Arc<AtomicBool>,
-    connections: Arc<AtomicUsize>,
-    /// Client token verification, in `AUTH_MODE=jwt`.
-    pub verifier: Option<Arc<Verifier>>,
-    /// Counters and rates for `/stats`.
-    pub stats: Arc<Stats>,
-    /// Renders `/metrics`; `None` when another recorder owns the process (tests).
-    pub metrics: Option<PrometheusHandle>,
-    /// Bounds the argon2 room-password checks running at once.
-    pub passwords: Arc<PasswordGate>,
-    /// This node's current run, shared with the broker and the upkeep.
-    pub incarnation: Arc<Incarnation>,
-}
-
-/// One admitted WebSocket; the slot is given back when the session ends.
-pub struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
-    }
-}
-
-impl AppState {
-    /// Builds the engine the configuration asks for.
-    pub fn new(config: Config) -> Result<Self, BrokerError> {
-        let registry = Arc::new(Registry::new());
-        let incarnation = Arc::new(Incarnation::new());
-        let broker = match &config.redis {
-            Some(target) => Broker::Redis(Box::new(RedisBroker::new(
-                target,
-                &config.key_prefix,
-                config.node_id.clone(),
-                incarnation.clone(),
-                config.room_ttl,
-                registry.clone(),
-                config.security.payload_key.as_ref(),
-            )?)),
-            None => Broker::Memory(MemoryBroker::new(
-                registry.clone(),
-                config.node_id.clone(),
-                config.room_ttl,
-            )),
-        };
-        let verifier = Verifier::new(&config.security).map(Arc::new);
-        Ok(Self {
-            broker: Arc::new(broker),
-            registry,
-            config: Arc::new(config),
-            sessions: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            draining: Arc::new(AtomicBool::new(false)),
-            connections: Arc::new(AtomicUsize::new(0)),
-            verifier,
-            stats: Arc::new(Stats::default()),
-            metrics: crate::metrics::install(),
-            passwords: Arc::new(PasswordGate::per_core()),
-            incarnation,
-        })
-    }
-
-    /// Takes a connection slot, or `None` when the node is at `MAX_CONNECTIONS`.
-    pub fn try_admit(&self) -> Option<ConnectionSlot> {
-        let before = self.connections.fetch_add(1, Ordering::AcqRel);
-        metrics::gauge!(crate::metrics::CONNECTIONS).set((before + 1) as f64);
-        let slot = ConnectionSlot(self.connections.clone());
-        (before < self.config.max_connections).then_some(slot)
-    }
-
-    /// WebSocket sessions open on this node, including ones still joining.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
-    }
-
-    /// This node's current run once the cluster knows it; `None` while the node
-    /// is starting (or re-registering), when it is not ready and refuses sessions.
-    pub fn registered_run(&self) -> Option<RunId> {
-        self.broker.registered_run(&self.incarnation)
-    }
-
-    /// Whether the node is shutting down (readiness fails, new sessions are refused).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
 
 /// Serves on `listener` until `shutdown` resolves, then drains:
 /// 1. mark draining (`/readyz` 503), stop accepting;
@@ -157,12 +49,21 @@ pub async fn run(
     let background = CancellationToken::new();
     let background_tasks = TaskTracker::new();
     // Spawned tasks keep the node's span, so their log lines carry the node id.
-    background_tasks.spawn(run_broker(state.broker.clone(), background.clone()).in_current_span());
+    let broker = state.broker.clone();
+    let cancel = background.clone();
+    background_tasks.spawn(async move { broker.run(cancel).await }.in_current_span());
     background_tasks.spawn(refresh_ttls(state.clone(), background.clone()).in_current_span());
-    background_tasks
-        .spawn(crate::cluster::run(state.clone(), addr, background.clone()).in_current_span());
+    let broker = state.broker.clone();
+    let counted = state.clone();
+    let node = NodeStatus {
+        addr,
+        connections: Box::new(move || counted.connections()),
+    };
+    let cancel = background.clone();
+    background_tasks.spawn(async move { broker.upkeep(node, cancel).await }.in_current_span());
     background_tasks.spawn(
         crate::stats::run_sampler(
+            state.stats.clone(),
             state.clone(),
             config.alert_connection_spike,
             background.clone(),
@@ -181,7 +82,7 @@ pub async fn run(
             sessions = draining.registry.len(),
             "shutting down: draining sessions"
         );
-        draining.draining.store(true, Ordering::Release);
+        draining.start_draining();
         draining.sessions.cancel();
     };
     let router = crate::http::router(state.clone());
@@ -245,13 +146,6 @@ async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
-    }
-}
-
-async fn run_broker(broker: Arc<Broker>, cancel: CancellationToken) {
-    match &*broker {
-        Broker::Redis(redis) => redis.run(cancel).await,
-        Broker::Memory(_) => cancel.cancelled().await,
     }
 }
 

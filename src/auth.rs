@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{JwtKey, Security};
+use crate::config::{check_public_key, JwtKey, Security};
 use crate::protocol::Role;
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -62,17 +62,6 @@ pub enum Denied {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
-}
-
-/// Checks that a PEM public key is RSA or EC P-256, for a clear startup error.
-pub fn check_public_key(pem: &[u8]) -> Result<Algorithm, String> {
-    if DecodingKey::from_rsa_pem(pem).is_ok() {
-        Ok(Algorithm::RS256)
-    } else if DecodingKey::from_ec_pem(pem).is_ok() {
-        Ok(Algorithm::ES256)
-    } else {
-        Err("not a PEM RSA or EC public key".to_owned())
-    }
 }
 
 impl Verifier {

@@ -41,6 +41,7 @@ use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::broker::redis::RedisTarget;
 use crate::ids::{is_valid_id, NodeId};
 
 /// A configuration value that cannot be used; startup stops with this message.
@@ -103,22 +104,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where the cluster's Redis lives. Kept as a parsed `ConnectionInfo` so a bad
-/// URL fails at startup, with a display form that never contains the password.
-#[derive(Clone)]
-pub struct RedisTarget {
-    /// What redis-rs connects to.
-    pub info: redis::ConnectionInfo,
-    /// `redis://host:port/db`, safe to log.
-    pub display: String,
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.display)
-    }
-}
-
 /// Everything a node needs to know, parsed and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -167,6 +152,18 @@ pub enum JwtKey {
     Secret(Vec<u8>),
     /// RS256 or ES256 with a public key, PEM as read from the file.
     PublicPem(Vec<u8>),
+}
+
+/// Checks that a PEM public key is RSA or EC P-256, for a clear startup error;
+/// the verifier ([`crate::auth`]) builds its key with the algorithm it names.
+pub fn check_public_key(pem: &[u8]) -> Result<jsonwebtoken::Algorithm, String> {
+    if jsonwebtoken::DecodingKey::from_rsa_pem(pem).is_ok() {
+        Ok(jsonwebtoken::Algorithm::RS256)
+    } else if jsonwebtoken::DecodingKey::from_ec_pem(pem).is_ok() {
+        Ok(jsonwebtoken::Algorithm::ES256)
+    } else {
+        Err("not a PEM RSA or EC public key".to_owned())
+    }
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -243,7 +240,7 @@ impl Config {
         let redis = redis_target(&get)?;
 
         let key_prefix = var("KEY_PREFIX").unwrap_or_else(|| "signal:".to_owned());
-        // Braces would break the hash tags that keep prefixes apart (broker/keys.rs).
+        // Braces would break the hash tags that keep prefixes apart (broker/redis/keys.rs).
         if key_prefix.len() > 128
             || key_prefix
                 .chars()
@@ -396,7 +393,7 @@ fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigErr
         Some(other) => return Err(invalid("AUTH_MODE", other, "expected none or jwt")),
     };
     if let Some(JwtKey::PublicPem(pem)) = &auth {
-        crate::auth::check_public_key(pem)
+        check_public_key(pem)
             .map_err(|reason| invalid("JWT_PUBLIC_KEY_FILE", "(file)", &reason))?;
     }
     let max_ttl = parse_in(get, "TOKEN_MAX_TTL_SECONDS", 86_400, TTL_RANGE)?;
@@ -520,15 +517,10 @@ fn between<T: Display>(range: &RangeInclusive<T>) -> String {
 }
 
 fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTarget>, ConfigError> {
-    use redis::IntoConnectionInfo;
-
     if let Some(url) = get("REDIS_URL") {
-        let info = url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| invalid("REDIS_URL", &redact_url(&url), &e.to_string()))?;
-        let display = display_target(&info);
-        return Ok(Some(RedisTarget { info, display }));
+        let target =
+            RedisTarget::from_url(&url).map_err(|e| invalid("REDIS_URL", &redact_url(&url), &e))?;
+        return Ok(Some(target));
     }
     let any_set = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"]
         .iter()
@@ -546,27 +538,9 @@ fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTar
     }
     let port = parse_in(get, "REDIS_PORT", 6379, REDIS_PORT_RANGE)?;
     let db = parse_in(get, "REDIS_DB", 0, REDIS_DB_RANGE)?;
-    let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(db));
-    if let Some(pw) = get("REDIS_PASSWORD") {
-        settings = settings.set_password(pw);
-    }
-    let info = (host, port)
-        .into_connection_info()
-        .map_err(|e| invalid("REDIS_HOST", "", &e.to_string()))?
-        .set_redis_settings(settings);
-    let display = display_target(&info);
-    Ok(Some(RedisTarget { info, display }))
-}
-
-/// `redis://host:port/db` without credentials, for logs.
-fn display_target(info: &redis::ConnectionInfo) -> String {
-    let db = info.redis_settings().db();
-    match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
-        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
-        redis::ConnectionAddr::Unix(path) => format!("unix://{}/{db}", path.display()),
-        other => format!("{other}"),
-    }
+    let target = RedisTarget::from_parts(host, port, db, get("REDIS_PASSWORD"))
+        .map_err(|e| invalid("REDIS_HOST", "", &e))?;
+    Ok(Some(target))
 }
 
 /// Removes any `user:password@` part before a URL is shown in an error.

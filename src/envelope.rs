@@ -12,7 +12,7 @@
 //! node can track what each session was told about its room without parsing JSON
 //! (used to drop duplicates and to heal views after a fault). Header fields past
 //! the known ones are ignored, so a later version can add some (a timestamp) without
-//! breaking older nodes in a rolling update. The Lua scripts in `broker/lua/` build
+//! breaking older nodes in a rolling update. The Lua scripts in `broker/redis/lua/` build
 //! `K` and `L` envelopes themselves; they follow this format.
 
 use serde::Deserialize;

@@ -21,11 +21,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::broker::{Deliveries, LocalSession};
 use crate::envelope::{self, Envelope, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::incarnation::RunId;
+use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User};
-use crate::session::outbox::{CloseReason, Outbox};
 
 /// Envelopes a joining session may accumulate before it counts as a slow consumer.
 const MAX_PENDING: usize = 4096;
@@ -321,10 +322,66 @@ impl Registry {
     }
 }
 
+/// The registry is the node's delivery handler: the engines hand it what they
+/// receive without knowing it (see [`Deliveries`]).
+impl Deliveries for Registry {
+    fn deliver(&self, room: &str, user: &str, text: &str) -> bool {
+        Registry::deliver(self, room, user, text)
+    }
+
+    fn channels(&self) -> Vec<(RoomId, UserId)> {
+        Registry::channels(self)
+    }
+
+    fn contains_in(&self, room: &str, user: &str) -> bool {
+        Registry::contains_in(self, room, user)
+    }
+
+    fn sessions(&self) -> usize {
+        self.len()
+    }
+
+    fn local_sessions(&self) -> Vec<LocalSession> {
+        self.snapshot()
+            .into_iter()
+            .map(|(user, h)| LocalSession {
+                user,
+                room: h.room_id,
+                session: h.session_id,
+                role: h.role,
+                joined_at: h.joined_at,
+                run: h.run,
+            })
+            .collect()
+    }
+
+    fn rooms(&self) -> Vec<RoomId> {
+        Registry::rooms(self)
+    }
+
+    fn reconcile(&self, room: &RoomId, truth: &[(User, SessionId)]) -> usize {
+        Registry::reconcile(self, room, truth)
+    }
+
+    fn close_expired_run(&self, run: RunId) -> usize {
+        self.close_run(run, CloseReason::NodeExpired)
+    }
+
+    fn close_replaced(&self, user: &UserId, session: SessionId) {
+        if let Some(entry) = self
+            .lock()
+            .get(user)
+            .and_then(|entries| entries.iter().find(|e| e.handle.session_id == session))
+        {
+            entry.handle.outbox.close(CloseReason::Replaced);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::outbox::{self, Inbox};
+    use crate::outbox::{self, Inbox};
     use tokio_util::sync::CancellationToken;
 
     fn user(id: &str) -> User {

@@ -5,12 +5,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-
-use crate::app::AppState;
 
 /// How often rates, gauges and the spike check are updated.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -101,8 +99,25 @@ pub fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Updates rates and gauges every [`SAMPLE_EVERY`] until `cancel`.
-pub async fn run_sampler(state: AppState, spike_threshold: usize, cancel: CancellationToken) {
+/// What the sampler reads from the node besides its counters; implemented by the
+/// node's state, so this module does not depend on it.
+pub trait NodeGauges: Send + Sync {
+    /// Whether the node can serve (not draining, the store answers).
+    fn ready(&self) -> impl std::future::Future<Output = bool> + Send;
+    /// Rooms with at least one local member.
+    fn rooms(&self) -> usize;
+    /// WebSocket sessions open on the node.
+    fn connections(&self) -> usize;
+}
+
+/// Updates `stats`' rates and the gauges read from `node` every [`SAMPLE_EVERY`]
+/// until `cancel`.
+pub async fn run_sampler(
+    stats: Arc<Stats>,
+    node: impl NodeGauges,
+    spike_threshold: usize,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_in, mut last_out, mut last_at) = (0u64, 0u64, Instant::now());
@@ -116,24 +131,22 @@ pub async fn run_sampler(state: AppState, spike_threshold: usize, cancel: Cancel
         let now = Instant::now();
         let secs = now.duration_since(last_at).as_secs_f64().max(0.001);
         let (total_in, total_out) = (
-            state.stats.messages_in.load(Ordering::Relaxed),
-            state.stats.messages_out.load(Ordering::Relaxed),
+            stats.messages_in.load(Ordering::Relaxed),
+            stats.messages_out.load(Ordering::Relaxed),
         );
         let rate = |now: u64, before: u64| ((now - before) as f64 / secs).to_bits();
-        state
-            .stats
+        stats
             .rate_in
             .store(rate(total_in, last_in), Ordering::Relaxed);
-        state
-            .stats
+        stats
             .rate_out
             .store(rate(total_out, last_out), Ordering::Relaxed);
         (last_in, last_out, last_at) = (total_in, total_out, now);
 
-        let ready = !state.is_draining() && state.broker.ready().await;
-        crate::metrics::sample(state.registry.rooms().len(), ready);
+        let ready = node.ready().await;
+        crate::metrics::sample(node.rooms(), ready);
 
-        let connections = state.connections();
+        let connections = node.connections();
         let lowest = {
             let mut history = history.lock().unwrap_or_else(|e| e.into_inner());
             history.push_back((now, connections));

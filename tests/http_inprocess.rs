@@ -5,8 +5,8 @@
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use serde_json::{json, Value};
-use signal_node::app::AppState;
 use signal_node::config::Config;
+use signal_node::state::AppState;
 use tower::ServiceExt;
 
 const ADMIN: &str = "admin-secret";

@@ -1,5 +1,5 @@
 //! The standalone engine: the cluster's semantics in one process. Every operation
-//! takes one lock and delivers through the registry while holding it, which gives
+//! takes one lock and delivers through the node's delivery handler while holding it, which gives
 //! the same atomicity and per-sender order as the Lua scripts give on Redis.
 
 use std::collections::{BTreeSet, HashMap};
@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{
-    sort_members, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome, RoomInfo,
-    RoomMeta, RoomPage,
+    sort_members, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome,
+    RoomInfo, RoomMeta, RoomPage,
 };
 use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, User, UserInfo};
-use crate::registry::Registry;
 
 struct Entry {
     room: RoomId,
@@ -82,17 +81,18 @@ pub struct MemoryBroker {
     /// Boxed: the maps and the expiry index would make `Broker::Memory` as large
     /// as the boxed Redis engine; one pointer keeps the enum small.
     state: Box<Mutex<State>>,
-    registry: Arc<Registry>,
+    /// Where deliveries go (the node's sessions).
+    deliveries: Arc<dyn Deliveries>,
     node_id: NodeId,
     ttl: Duration,
 }
 
 impl MemoryBroker {
-    /// An empty engine delivering to `registry`; created rooms last `ttl` once empty.
-    pub fn new(registry: Arc<Registry>, node_id: NodeId, ttl: Duration) -> Self {
+    /// An empty engine delivering to `deliveries`; created rooms last `ttl` once empty.
+    pub fn new(deliveries: Arc<dyn Deliveries>, node_id: NodeId, ttl: Duration) -> Self {
         Self {
             state: Box::default(),
-            registry,
+            deliveries,
             node_id,
             ttl,
         }
@@ -119,7 +119,7 @@ impl MemoryBroker {
         let mut replaced = None;
         if let Some(old) = state.users.remove(&req.user) {
             replaced = Some(old.session);
-            self.registry.deliver(
+            self.deliveries.deliver(
                 old.room.as_str(),
                 req.user.as_str(),
                 &envelope::kick(old.session, KickReason::Replaced),
@@ -141,7 +141,7 @@ impl MemoryBroker {
         let others: Vec<UserId> = room.iter().filter(|m| **m != req.user).cloned().collect();
         let mut members = Vec::with_capacity(others.len());
         for m in &others {
-            self.registry
+            self.deliveries
                 .deliver(req.room.as_str(), m.as_str(), &joined);
             if let Some(entry) = state.users.get(m) {
                 members.push((entry.user.clone(), entry.session));
@@ -165,7 +165,7 @@ impl MemoryBroker {
         };
         set.remove(user);
         for m in set.iter() {
-            self.registry.deliver(room.as_str(), m.as_str(), envelope);
+            self.deliveries.deliver(room.as_str(), m.as_str(), envelope);
         }
         if set.is_empty() {
             state.rooms.remove(room);
@@ -196,7 +196,7 @@ impl MemoryBroker {
             return RelayOutcome::NotInRoom;
         }
         if self
-            .registry
+            .deliveries
             .deliver(room.as_str(), target, &envelope::frame(frame))
         {
             RelayOutcome::Delivered
@@ -213,7 +213,7 @@ impl MemoryBroker {
         let env = envelope::frame(frame);
         set.iter()
             .filter(|m| *m != sender)
-            .filter(|m| self.registry.deliver(room.as_str(), m.as_str(), &env))
+            .filter(|m| self.deliveries.deliver(room.as_str(), m.as_str(), &env))
             .count()
     }
 
@@ -267,7 +267,7 @@ impl MemoryBroker {
         let mut kicked = 0;
         for user in members.into_iter().flatten() {
             if let Some(entry) = state.users.remove(&user) {
-                self.registry.deliver(
+                self.deliveries.deliver(
                     room.as_str(),
                     user.as_str(),
                     &envelope::kick(entry.session, KickReason::Kicked),
@@ -292,7 +292,7 @@ impl MemoryBroker {
             user,
             &envelope::left(user.as_str(), session, &frame),
         );
-        self.registry.deliver(
+        self.deliveries.deliver(
             room.as_str(),
             user.as_str(),
             &envelope::kick(session, KickReason::Kicked),
@@ -336,11 +336,44 @@ impl MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Role;
+    use crate::broker::LocalSession;
+    use crate::incarnation::RunId;
+    use crate::protocol::{Role, User};
+
+    /// A node without sessions: every delivery finds nobody, like an empty registry.
+    struct NoSessions;
+
+    impl Deliveries for NoSessions {
+        fn deliver(&self, _: &str, _: &str, _: &str) -> bool {
+            false
+        }
+        fn channels(&self) -> Vec<(RoomId, UserId)> {
+            Vec::new()
+        }
+        fn contains_in(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn sessions(&self) -> usize {
+            0
+        }
+        fn local_sessions(&self) -> Vec<LocalSession> {
+            Vec::new()
+        }
+        fn rooms(&self) -> Vec<RoomId> {
+            Vec::new()
+        }
+        fn reconcile(&self, _: &RoomId, _: &[(User, SessionId)]) -> usize {
+            0
+        }
+        fn close_expired_run(&self, _: RunId) -> usize {
+            0
+        }
+        fn close_replaced(&self, _: &UserId, _: SessionId) {}
+    }
 
     fn engine(ttl: Duration) -> MemoryBroker {
         let node = NodeId::parse("n1").unwrap();
-        MemoryBroker::new(Arc::new(Registry::new()), node, ttl)
+        MemoryBroker::new(Arc::new(NoSessions), node, ttl)
     }
 
     fn room(id: &str) -> RoomId {

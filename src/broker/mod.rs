@@ -2,21 +2,30 @@
 //! handler needs (join, leave, relay, membership queries), in domain terms.
 //!
 //! Two engines sit behind one enum (STYLE.md section 2): [`redis::RedisBroker`] for a
-//! cluster, [`memory::MemoryBroker`] for a standalone node. Both deliver through the
-//! node's [`Registry`](crate::registry::Registry) and behave the same; the
-//! integration tests run one suite against each.
+//! cluster, [`memory::MemoryBroker`] for a standalone node. Both hand deliveries to
+//! the [`Deliveries`] handler the node registers (its session registry, which the
+//! broker never names) and behave the same; the integration tests run one suite
+//! against each.
 
-pub mod keys;
-pub mod member_record;
+mod deliveries;
 pub mod memory;
 pub mod redis;
-mod relay_conn;
-mod rooms_redis;
-mod script_keys;
-mod subscriber;
 
-use crate::ids::{RoomId, SessionId, UserId};
+pub use deliveries::{Deliveries, LocalSession};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::{NodeId, RoomId, SessionId, UserId};
+use crate::incarnation::Incarnation;
 use crate::protocol::{LeaveReason, Role, User, UserInfo};
+
+/// The store's own error behind a [`BrokerError`], kept opaque so that only the
+/// engine that produced it knows its type (the Redis engine's are redis-rs errors).
+pub type StoreFault = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A failure of the shared state store. Sessions answer it with `unavailable`,
 /// HTTP with 503. Outages ([`BrokerError::is_outage`]) and commands Redis answered
@@ -28,7 +37,7 @@ pub enum BrokerError {
     /// connection, a timeout, a parse failure on the wire, failed authentication,
     /// or a server that is loading, failing over or read-only.
     #[error("redis unreachable: {0}")]
-    Unreachable(::redis::RedisError),
+    Unreachable(StoreFault),
     /// Redis answered this command (or script) with an error: WRONGTYPE, an
     /// out-of-range argument, a script error. Redis itself is up.
     #[error("redis command {op} failed: {source}")]
@@ -36,7 +45,7 @@ pub enum BrokerError {
         /// The command or script, as named by the broker (`join`, `relay`, ...).
         op: &'static str,
         #[source]
-        source: ::redis::RedisError,
+        source: StoreFault,
     },
     /// No pooled connection could be had.
     #[error("redis pool: {0}")]
@@ -50,20 +59,6 @@ pub enum BrokerError {
     /// Redis returned something the scripts never return.
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
-}
-
-impl From<::redis::RedisError> for BrokerError {
-    /// Classifies a redis-rs error; the command name is filled in by the broker.
-    fn from(e: ::redis::RedisError) -> Self {
-        if is_outage(&e) {
-            Self::Unreachable(e)
-        } else {
-            Self::Command {
-                op: "redis",
-                source: e,
-            }
-        }
-    }
 }
 
 impl BrokerError {
@@ -83,30 +78,6 @@ impl BrokerError {
             other => other,
         }
     }
-}
-
-/// Whether a redis-rs error means the server is unreachable or cannot serve now
-/// (retrying elsewhere or later helps), rather than that it refused this command.
-fn is_outage(e: &::redis::RedisError) -> bool {
-    use ::redis::{ErrorKind, ServerErrorKind};
-    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
-        return true;
-    }
-    matches!(
-        e.kind(),
-        ErrorKind::Parse
-            | ErrorKind::AuthenticationFailed
-            | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::MasterNameNotFoundBySentinel
-            | ErrorKind::NoValidReplicasFoundBySentinel
-            | ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ReadOnly
-            )
-    )
 }
 
 /// A session asking to become a member of a room.
@@ -206,6 +177,44 @@ pub enum RelayOutcome {
     NotConnected,
 }
 
+/// What the node tells the cluster about itself in its heartbeat, beyond what the
+/// broker knows: where it listens and how many WebSockets it holds.
+pub struct NodeStatus {
+    /// The address the node listens on.
+    pub addr: SocketAddr,
+    /// WebSocket sessions open on the node (read at each beat).
+    pub connections: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// The settings an engine is built from (read from the environment by
+/// [`crate::config`]).
+pub struct EngineSettings<'a> {
+    /// The Redis to share with other nodes; `None` runs standalone in memory.
+    pub redis: Option<&'a redis::RedisTarget>,
+    /// `KEY_PREFIX`: what keeps clusters sharing one Redis apart.
+    pub key_prefix: &'a str,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// How long rooms and users outlive their last refresh.
+    pub room_ttl: Duration,
+    /// `PAYLOAD_ENCRYPTION_KEY`, sealing relayed frames in Redis.
+    pub payload_key: Option<&'a [u8; 32]>,
+}
+
+/// The state store as `/stats` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreStatus {
+    /// No shared store: the node runs standalone, in memory.
+    Standalone,
+    /// The store answers; `used_memory` when it says.
+    Up {
+        /// Bytes the store uses, if it reported them.
+        used_memory: Option<u64>,
+    },
+    /// The store does not answer.
+    Down,
+}
+
 /// The cluster engine in use.
 pub enum Broker {
     /// Several nodes sharing one Redis.
@@ -216,6 +225,70 @@ pub enum Broker {
 }
 
 impl Broker {
+    /// Builds the engine `settings` ask for (Redis when a target is set, else
+    /// memory), delivering to `deliveries` and registering `incarnation`'s runs.
+    /// Nothing is dialled yet: a node starts while Redis is down.
+    pub fn new(
+        settings: EngineSettings<'_>,
+        deliveries: Arc<dyn Deliveries>,
+        incarnation: Arc<Incarnation>,
+    ) -> Result<Self, BrokerError> {
+        Ok(match settings.redis {
+            Some(target) => Self::Redis(Box::new(redis::RedisBroker::new(
+                target,
+                settings.key_prefix,
+                settings.node_id,
+                incarnation,
+                settings.room_ttl,
+                deliveries,
+                settings.payload_key,
+            )?)),
+            None => Self::Memory(memory::MemoryBroker::new(
+                deliveries,
+                settings.node_id,
+                settings.room_ttl,
+            )),
+        })
+    }
+
+    /// Keeps the engine's connections up (the Redis subscriber) until `cancel`.
+    pub async fn run(&self, cancel: CancellationToken) {
+        match self {
+            Self::Redis(b) => b.run(cancel).await,
+            Self::Memory(_) => cancel.cancelled().await,
+        }
+    }
+
+    /// Runs the node upkeep until `cancel`: registration and heartbeat, dead-run
+    /// cleanup, restore after the store lost its state. Returns at once for a
+    /// standalone node, which has nothing to keep up.
+    pub async fn upkeep(&self, node: NodeStatus, cancel: CancellationToken) {
+        match self {
+            Self::Redis(b) => b.upkeep(&node, cancel).await,
+            Self::Memory(_) => {}
+        }
+    }
+
+    /// The state store's health and memory, for `/stats`.
+    pub async fn store_status(&self) -> StoreStatus {
+        match self {
+            Self::Redis(b) => match b.used_memory().await {
+                Ok(used_memory) => StoreStatus::Up { used_memory },
+                Err(_) => StoreStatus::Down,
+            },
+            Self::Memory(_) => StoreStatus::Standalone,
+        }
+    }
+
+    /// The live nodes of the cluster as `/nodes` lists them; `None` for a
+    /// standalone node, which is the whole cluster and describes itself.
+    pub async fn nodes(&self) -> Result<Option<Vec<serde_json::Value>>, BrokerError> {
+        match self {
+            Self::Redis(b) => b.live_nodes().await.map(Some),
+            Self::Memory(_) => Ok(None),
+        }
+    }
+
     /// `redis` or `standalone`, for logs and status endpoints.
     pub fn mode(&self) -> &'static str {
         match self {
@@ -403,39 +476,4 @@ impl Broker {
 /// Orders members as clients expect to see them: oldest first.
 fn sort_members(members: &mut [Member]) {
     members.sort_by(|(a, _), (b, _)| (&a.joined_at, &a.user_id).cmp(&(&b.joined_at, &b.user_id)));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ::redis::{ErrorKind, RedisError, ServerErrorKind};
-
-    #[test]
-    fn lost_connections_are_outages_and_answered_errors_are_not() {
-        let io = |kind| BrokerError::from(RedisError::from(std::io::Error::from(kind)));
-        for kind in [
-            std::io::ErrorKind::ConnectionRefused,
-            std::io::ErrorKind::ConnectionReset,
-            std::io::ErrorKind::TimedOut,
-            std::io::ErrorKind::UnexpectedEof,
-        ] {
-            assert!(io(kind).is_outage(), "{kind:?}");
-        }
-        let server = |kind| BrokerError::from(RedisError::from((kind, "x")));
-        assert!(server(ErrorKind::Server(ServerErrorKind::BusyLoading)).is_outage());
-        assert!(server(ErrorKind::AuthenticationFailed).is_outage());
-        for kind in [
-            ErrorKind::Server(ServerErrorKind::ResponseError),
-            ErrorKind::Server(ServerErrorKind::NoScript),
-            ErrorKind::Extension,
-            ErrorKind::UnexpectedReturnType,
-        ] {
-            let e = server(kind).in_op("join");
-            assert!(!e.is_outage(), "{kind:?}");
-            assert!(
-                e.to_string().starts_with("redis command join failed"),
-                "{e}"
-            );
-        }
-    }
 }

@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 
 use super::extract::{JsonBody, PathParams, QueryParams};
 use super::AppError;
-use crate::app::AppState;
 use crate::auth::{self, bearer, AdminDenied};
 use crate::broker::{RoomInfo, RoomMeta};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{now_rfc3339_millis, Role};
+use crate::state::AppState;
 
 /// Default and largest page of `GET /rooms`.
 const DEFAULT_PAGE: usize = 100;

@@ -25,9 +25,9 @@ use extract::PathParams;
 /// default would let each slow client make the node buffer megabytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-use crate::app::AppState;
 use crate::ids::{RoomId, UserId};
 use crate::protocol::UserInfo;
+use crate::state::AppState;
 
 /// Every endpoint of the node on one router.
 pub fn router(state: AppState) -> Router {

@@ -9,10 +9,10 @@ use serde_json::{json, Value};
 
 use super::admin::{Admin, Bearer};
 use super::AppError;
-use crate::app::AppState;
 use crate::auth;
-use crate::broker::Broker;
+use crate::broker::StoreStatus;
 use crate::protocol::now_rfc3339_millis;
+use crate::state::AppState;
 
 pub(super) async fn metrics(
     State(state): State<AppState>,
@@ -45,12 +45,10 @@ pub(super) async fn metrics(
 
 pub(super) async fn stats(_: Admin, State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.stats.snapshot();
-    let redis = match &*state.broker {
-        Broker::Memory(_) => json!({"state": "standalone"}),
-        Broker::Redis(redis) => match redis.used_memory().await {
-            Ok(used) => json!({"state": "up", "used_memory": used}),
-            Err(_) => json!({"state": "down", "used_memory": null}),
-        },
+    let redis = match state.broker.store_status().await {
+        StoreStatus::Standalone => json!({"state": "standalone"}),
+        StoreStatus::Up { used_memory } => json!({"state": "up", "used_memory": used_memory}),
+        StoreStatus::Down => json!({"state": "down", "used_memory": null}),
     };
     Json(json!({
         "node_id": state.config.node_id.as_str(),
@@ -72,9 +70,9 @@ pub(super) async fn nodes(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, AppError> {
-    let nodes = match &*state.broker {
-        Broker::Redis(redis) => redis.live_nodes().await?,
-        Broker::Memory(_) => vec![json!({
+    let nodes = match state.broker.nodes().await? {
+        Some(nodes) => nodes,
+        None => vec![json!({
             "node_id": state.config.node_id.as_str(),
             "addr": format!("{}:{}", state.config.host, state.config.port),
             "connections": state.connections(),

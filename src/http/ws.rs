@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppError;
-use crate::app::AppState;
 use crate::auth::{bearer, Denied};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{close_code, ErrorCode};
 use crate::session::{self, Credentials};
+use crate::state::AppState;
 
 /// tungstenite's default read buffer is 128 KiB per connection; signaling frames
 /// are small, and at 100k connections that default alone would be 12 GiB.

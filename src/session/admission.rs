@@ -2,11 +2,11 @@
 //! its role rules (PROTOCOL.md section 9). The token itself was checked before the
 //! session started; capacity is checked atomically by the join.
 
-use crate::app::AppState;
 use crate::auth::Claims;
 use crate::broker::RoomMeta;
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{close_code, ErrorCode, Role};
+use crate::state::AppState;
 
 /// What the client presented.
 #[derive(Default)]

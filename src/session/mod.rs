@@ -7,8 +7,6 @@
 //! awaits each relay before taking the next frame, which keeps per-sender order.
 
 mod admission;
-pub mod outbox;
-pub mod password_gate;
 mod rate;
 mod relay;
 
@@ -19,16 +17,16 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tracing::Instrument;
 
-use crate::app::{AppState, ConnectionSlot};
 use crate::broker::{JoinRequest, JoinResult, LeaveRequest};
 use crate::ids::{RoomId, SessionId, UserId};
+use crate::outbox::{self, CloseReason, Inbox, Outbox};
 use crate::protocol::{
     close_code, echo_fields, error_frame, now_rfc3339_millis, room_users_frame, ErrorCode,
     LeaveReason, Role,
 };
 use crate::registry::SessionHandle;
+use crate::state::{AppState, ConnectionSlot};
 pub use admission::Credentials;
-use outbox::{CloseReason, Inbox, Outbox};
 
 /// How long the last frames (error, close) may take to reach a client that stopped reading.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);

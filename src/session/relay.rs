@@ -4,7 +4,6 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use crate::app::AppState;
 use crate::broker::RelayOutcome;
 use crate::ids::{RoomId, UserId};
 use crate::log_limit::LogLimiter;
@@ -13,8 +12,9 @@ use crate::protocol::{
     error_frame, parse_client_frame_as, pong_frame, relayed_frame, ClientFrame, ErrorCode, Relay,
     Role,
 };
+use crate::state::AppState;
 
-use super::outbox::Outbox;
+use crate::outbox::Outbox;
 
 /// `target_not_found` is logged at WARN (PROTOCOL.md section 4), but a client can
 /// trigger it with every frame: node-wide, at most 10 lines per 10 s, the next

@@ -1,4 +1,4 @@
-//! Cluster upkeep for a Redis node:
+//! Node upkeep for a Redis node (run through [`Broker::upkeep`](crate::broker::Broker::upkeep)):
 //! - **registration**: each run of the node (an [`Incarnation`]) registers itself
 //!   as `NODE_ID:RUN` in `P cluster:{nodes}` and beats `P node:{id}` (its run and
 //!   info) with a [`NODE_TTL`]. The node is not ready and refuses sessions until
@@ -19,17 +19,15 @@
 //!   [`NODE_TTL`] after a reconnect an expired heartbeat proves nothing (a failover
 //!   may bring them back stale or not at all), so peers are not declared dead on it.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::broker::redis::RedisBroker;
-use crate::broker::Broker;
+use super::RedisBroker;
+use crate::broker::{Deliveries, NodeStatus};
+use crate::ids::NodeId;
 use crate::incarnation::Incarnation;
 use crate::protocol::now_rfc3339_millis;
-use crate::session::outbox::CloseReason;
 
 /// How often a registered node beats and looks for dead runs.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -42,12 +40,16 @@ pub const REGISTER_RETRY: Duration = Duration::from_millis(100);
 /// nodes (reconnecting with up to 2 s backoff) have re-registered theirs.
 const RECONCILE_AFTER: [Duration; 2] = [Duration::from_secs(4), Duration::from_secs(9)];
 
-/// Runs the upkeep until `cancel`; returns at once for a standalone node.
-pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
-    let Broker::Redis(redis) = &*state.broker else {
-        return;
-    };
-    let incarnation = &state.incarnation;
+/// Runs the upkeep of `redis` until `cancel`: `sessions` are the node's local
+/// sessions, `incarnation` its runs, `node_id` and `node` what its heartbeat says.
+pub(super) async fn run(
+    redis: &RedisBroker,
+    sessions: &dyn Deliveries,
+    incarnation: &Incarnation,
+    node_id: &NodeId,
+    node: &NodeStatus,
+    cancel: CancellationToken,
+) {
     let started_at = now_rfc3339_millis();
     let mut seen_epoch = 0;
     let mut last_beat: Option<Instant> = None;
@@ -82,11 +84,11 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
 
         let run = incarnation.current();
         let info = serde_json::json!({
-            "node_id": state.config.node_id.as_str(),
+            "node_id": node_id.as_str(),
             "run": run.to_string(),
-            "addr": addr.to_string(),
-            "connections": state.connections(),
-            "rooms": state.registry.rooms().len(),
+            "addr": node.addr.to_string(),
+            "connections": (node.connections)(),
+            "rooms": sessions.rooms().len(),
             "started_at": started_at,
             "heartbeat_at": now_rfc3339_millis(),
         })
@@ -96,7 +98,7 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
         match redis.heartbeat(run, &info, NODE_TTL).await {
             Ok(false) => incarnation.mark_registered(run, epoch),
             Ok(true) => {
-                renew(&state, incarnation);
+                renew(sessions, incarnation);
                 // Registers the new run at the next tick, REGISTER_RETRY from now.
                 continue;
             }
@@ -109,7 +111,7 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
             // Any connection after the first may face a Redis that lost its state
             // (even one made before the first tick saw the node connected).
             if epoch > 1 {
-                restore_sessions(&state, redis).await;
+                restore_sessions(sessions, incarnation, redis).await;
                 let now = Instant::now();
                 reconcile_at = RECONCILE_AFTER.iter().map(|d| now + *d).collect();
                 trust_expiry_at = now + NODE_TTL;
@@ -122,7 +124,7 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
         let now = Instant::now();
         if reconcile_at.first().is_some_and(|t| *t <= now) {
             reconcile_at.remove(0);
-            reconcile_views(&state).await;
+            reconcile_views(sessions, redis).await;
         }
     }
 }
@@ -131,9 +133,9 @@ pub async fn run(state: AppState, addr: SocketAddr, cancel: CancellationToken) {
 /// knows its sessions. A new run takes over first (unregistered, so sessions are
 /// refused until it beats), then exactly the old run's sessions close; in this
 /// order, a session that read the old run after the close would find it renewed.
-fn renew(state: &AppState, incarnation: &Incarnation) {
+fn renew(sessions: &dyn Deliveries, incarnation: &Incarnation) {
     let old = incarnation.renew();
-    let closed = state.registry.close_run(old, CloseReason::NodeExpired);
+    let closed = sessions.close_expired_run(old);
     tracing::error!(
         run = %old,
         new_run = %incarnation.current(),
@@ -165,17 +167,24 @@ async fn clean_dead_runs(redis: &RedisBroker, missing_counts: bool) {
 }
 
 /// Writes every live local session back into Redis after it lost its state.
-async fn restore_sessions(state: &AppState, redis: &RedisBroker) {
-    let sessions = state.registry.snapshot();
-    let current = state.incarnation.current();
+async fn restore_sessions(
+    sessions: &dyn Deliveries,
+    incarnation: &Incarnation,
+    redis: &RedisBroker,
+) {
+    let current = incarnation.current();
     let mut restored = 0;
     // A session of an older run is closing already (its run was declared dead).
-    for (user, handle) in sessions.iter().filter(|(_, h)| h.run == current) {
-        match redis.restore(user, handle).await {
+    for handle in sessions
+        .local_sessions()
+        .iter()
+        .filter(|h| h.run == current)
+    {
+        match redis.restore(handle).await {
             Ok(true) => restored += 1,
             Ok(false) => {
                 // Someone else holds this user now: this session is stale.
-                handle.outbox.close(CloseReason::Replaced);
+                sessions.close_replaced(&handle.user, handle.session);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-registration interrupted; retried at the next reconnect");
@@ -190,11 +199,11 @@ async fn restore_sessions(state: &AppState, redis: &RedisBroker) {
 }
 
 /// Announces to every local session the joins and leaves it missed.
-async fn reconcile_views(state: &AppState) {
+async fn reconcile_views(sessions: &dyn Deliveries, redis: &RedisBroker) {
     let mut corrections = 0;
-    for room in state.registry.rooms() {
-        match state.broker.room_members(&room).await {
-            Ok(truth) => corrections += state.registry.reconcile(&room, &truth),
+    for room in sessions.rooms() {
+        match redis.room_members(&room).await {
+            Ok(truth) => corrections += sessions.reconcile(&room, &truth),
             Err(e) => {
                 tracing::warn!(error = %e, "view reconciliation interrupted");
                 return;

@@ -1,5 +1,6 @@
 //! The node's one pub/sub connection. It carries the channel of every (room, user)
-//! with a local session and hands each message to the registry. It is rebuilt with capped backoff when the
+//! with a local session and hands each message to the node's [`Deliveries`](crate::broker::Deliveries)
+//! handler. It is rebuilt with capped backoff when the
 //! connection drops, and every local user is resubscribed (in batches) on reconnect.
 //!
 //! A connection can look alive yet deliver nothing (a failover, a proxy that
@@ -9,7 +10,7 @@
 //! is published by a task of its own, so deliveries never wait behind it.
 //!
 //! Subscribe and unsubscribe go through one lock that also holds the sink, and an
-//! unsubscribe re-checks the registry under it: a user who reconnects while its
+//! unsubscribe re-checks the local sessions under it: a user who reconnects while its
 //! old session's unsubscribe is in flight can never end up without its channel.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,10 +23,9 @@ use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
-use super::BrokerError;
+use crate::broker::{BrokerError, Deliveries};
 use crate::crypto::{self, PayloadCipher};
 use crate::ids::{NodeId, RoomId, UserId};
-use crate::registry::Registry;
 
 /// Longest wait for any pub/sub command.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,7 +46,8 @@ pub(super) struct Subscriber {
     commands: deadpool_redis::Pool,
     keys: Keys,
     node_channel: String,
-    registry: Arc<Registry>,
+    /// Where received envelopes go (the node's sessions).
+    deliveries: Arc<dyn Deliveries>,
     /// `None` while disconnected.
     sink: Mutex<Option<PubSubSink>>,
     connected: AtomicBool,
@@ -72,7 +73,7 @@ impl Subscriber {
         commands: deadpool_redis::Pool,
         keys: Keys,
         node_id: NodeId,
-        registry: Arc<Registry>,
+        deliveries: Arc<dyn Deliveries>,
         cipher: Option<Arc<PayloadCipher>>,
     ) -> Self {
         Self {
@@ -80,7 +81,7 @@ impl Subscriber {
             commands,
             node_channel: keys.node_channel(node_id.as_str()),
             keys,
-            registry,
+            deliveries,
             sink: Mutex::new(None),
             connected: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -120,7 +121,7 @@ impl Subscriber {
         let Ok(mut guard) = tokio::time::timeout(OP_TIMEOUT, self.sink.lock()).await else {
             return;
         };
-        if self.registry.contains_in(room.as_str(), user.as_str()) {
+        if self.deliveries.contains_in(room.as_str(), user.as_str()) {
             return;
         }
         if let Some(sink) = guard.as_mut() {
@@ -148,7 +149,7 @@ impl Subscriber {
                     if reported_down {
                         crate::metrics::reconnected("subscriber");
                         tracing::info!(
-                            users = self.registry.len(),
+                            users = self.deliveries.sessions(),
                             "redis subscriber reconnected; local users resubscribed"
                         );
                     }
@@ -190,7 +191,7 @@ impl Subscriber {
         let mut guard = self.sink.lock().await;
         let mut channels: Vec<String> = vec![self.node_channel.clone()];
         channels.extend(
-            self.registry
+            self.deliveries
                 .channels()
                 .iter()
                 .map(|(room, user)| self.keys.user_channel(room.as_str(), user.as_str())),
@@ -264,7 +265,7 @@ impl Subscriber {
             };
             match crypto::open(self.cipher.as_deref(), channel, text) {
                 Ok(text) => {
-                    self.registry.deliver(room, user, &text);
+                    self.deliveries.deliver(room, user, &text);
                 }
                 Err(e) => self.report_unreadable(user, e),
             }

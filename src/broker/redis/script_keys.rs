@@ -2,7 +2,7 @@
 //! lists as `KEYS`, and the tests below prove that every list lies in ONE hash slot
 //! (what Redis Cluster demands of a script, and what makes each step atomic there).
 //! An operation that needs several slots is a sequence of these calls, ordered in
-//! `redis.rs` so that a crash between two steps never loses a member.
+//! the engine (`mod.rs`) so that a crash between two steps never loses a member.
 
 use super::keys::Keys;
 
@@ -80,7 +80,7 @@ pub(super) fn claim_dead(k: &Keys, node: &str, run: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::keys::slot;
+    use crate::broker::redis::keys::slot;
 
     /// Every script call the engine makes, with ids that stress the layout.
     fn every_call(k: &Keys) -> Vec<(&'static str, Vec<String>)> {

@@ -2,15 +2,18 @@
 //! closing and kicking. Every change that touches several keys is one Lua script.
 
 use super::member_record::MemberRecord;
-use super::redis::RedisBroker;
 use super::script_keys;
-use super::{BrokerError, RoomInfo, RoomMeta, RoomPage};
+use super::RedisBroker;
+use crate::broker::{BrokerError, RoomInfo, RoomMeta, RoomPage};
 use crate::envelope::{self, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::LeaveReason;
 
 impl RedisBroker {
-    pub(super) async fn room_meta(&self, room: &RoomId) -> Result<Option<RoomMeta>, BrokerError> {
+    pub(in crate::broker) async fn room_meta(
+        &self,
+        room: &RoomId,
+    ) -> Result<Option<RoomMeta>, BrokerError> {
         let fields = self
             .pooled("room_meta", async |conn| {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
@@ -47,7 +50,10 @@ impl RedisBroker {
         }))
     }
 
-    pub(super) async fn room_info(&self, room: &RoomId) -> Result<Option<RoomInfo>, BrokerError> {
+    pub(in crate::broker) async fn room_info(
+        &self,
+        room: &RoomId,
+    ) -> Result<Option<RoomInfo>, BrokerError> {
         let meta = self.room_meta(room).await?;
         let count = self
             .pooled("room_info", async |conn| {
@@ -62,7 +68,7 @@ impl RedisBroker {
     }
 
     /// Creates the room's metadata (room slot), then lists it in the index.
-    pub(super) async fn create_room(
+    pub(in crate::broker) async fn create_room(
         &self,
         room: &RoomId,
         meta: &RoomMeta,
@@ -95,7 +101,10 @@ impl RedisBroker {
     /// members any more; then each member's session is told to close (`kicked`),
     /// each member's user hash goes (session-guarded, user slots), and the index
     /// entry goes. Members hear no `user_left`: everyone is leaving.
-    pub(super) async fn close_room(&self, room: &RoomId) -> Result<Option<usize>, BrokerError> {
+    pub(in crate::broker) async fn close_room(
+        &self,
+        room: &RoomId,
+    ) -> Result<Option<usize>, BrokerError> {
         let reply: Vec<String> = self
             .pooled("close_room", async |conn| {
                 let mut invocation = self.scripts.close_room.prepare_invoke();
@@ -132,7 +141,11 @@ impl RedisBroker {
         Ok(Some(kicked))
     }
 
-    pub(super) async fn kick(&self, room: &RoomId, user: &UserId) -> Result<bool, BrokerError> {
+    pub(in crate::broker) async fn kick(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<bool, BrokerError> {
         let fields = self
             .pooled("kick_lookup", async |conn| {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
@@ -170,7 +183,7 @@ impl RedisBroker {
     /// One page of the room index in id order after `cursor`, with member counts.
     /// Entries whose room vanished (no members, metadata expired) are dropped from
     /// the index on the way. Each read is one key, so it works across slots.
-    pub(super) async fn list_rooms(
+    pub(in crate::broker) async fn list_rooms(
         &self,
         cursor: Option<&str>,
         limit: usize,

@@ -9,6 +9,18 @@
 //! scripts (`lua/`), atomic and one round trip each. Whether Redis answers is
 //! tracked here and logged once per change, not once per failed command.
 
+mod error;
+pub mod keys;
+pub mod member_record;
+mod relay_conn;
+mod rooms;
+mod script_keys;
+mod subscriber;
+mod target;
+pub mod upkeep;
+
+pub use target::RedisTarget;
+
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,21 +30,19 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{self, Keys};
-use super::member_record::MemberRecord;
-use super::relay_conn::RelayConn;
-use super::script_keys;
-use super::subscriber::Subscriber;
+use self::keys::Keys;
+use self::member_record::MemberRecord;
+use self::relay_conn::RelayConn;
+use self::subscriber::Subscriber;
 use super::{
-    sort_members, BrokerError, JoinRequest, JoinResult, Joined, LeaveRequest, Member, RelayOutcome,
+    sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
+    LocalSession, Member, NodeStatus, RelayOutcome,
 };
-use crate::config::RedisTarget;
 use crate::crypto::{self, PayloadCipher};
 use crate::envelope::{self, KickReason};
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
 use crate::incarnation::{Incarnation, RunId};
 use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, User, UserInfo};
-use crate::registry::{Registry, SessionHandle};
 
 /// Longest wait for one command, so a hung Redis turns into `unavailable`, not a hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,21 +58,21 @@ const KEY_DIFFERS: u8 = 2;
 /// How long the dead marker of an evicted node is kept for it to find.
 const DEAD_MARKER_SECS: u64 = 3600;
 
-pub(super) struct Scripts {
-    pub(super) join_room: Script,
-    pub(super) claim_user: Script,
-    pub(super) leave_room: Script,
-    pub(super) leave_user: Script,
-    pub(super) relay: Script,
-    pub(super) broadcast: Script,
-    pub(super) broadcast_sealed: Script,
-    pub(super) restore_user: Script,
-    pub(super) restore_room: Script,
-    pub(super) heartbeat: Script,
-    pub(super) claim_dead: Script,
-    pub(super) deregister: Script,
-    pub(super) create_room: Script,
-    pub(super) close_room: Script,
+struct Scripts {
+    join_room: Script,
+    claim_user: Script,
+    leave_room: Script,
+    leave_user: Script,
+    relay: Script,
+    broadcast: Script,
+    broadcast_sealed: Script,
+    restore_user: Script,
+    restore_room: Script,
+    heartbeat: Script,
+    claim_dead: Script,
+    deregister: Script,
+    create_room: Script,
+    close_room: Script,
 }
 
 impl Scripts {
@@ -88,16 +98,19 @@ impl Scripts {
 
 /// Rooms and users in Redis, shared by every node with the same `KEY_PREFIX`.
 pub struct RedisBroker {
-    pub(super) keys: Keys,
-    pub(super) node_id: NodeId,
+    keys: Keys,
+    node_id: NodeId,
     /// This node's current run: sessions are recorded under it, and it is what
     /// the heartbeat registers.
-    pub(super) incarnation: Arc<Incarnation>,
-    pub(super) ttl_secs: u64,
-    pub(super) pool: Pool,
-    pub(super) relay: RelayConn,
-    pub(super) subscriber: Arc<Subscriber>,
-    pub(super) scripts: Scripts,
+    incarnation: Arc<Incarnation>,
+    /// The node's local sessions: the subscriber delivers to them, the upkeep
+    /// writes them back, reconciles and closes them.
+    deliveries: Arc<dyn Deliveries>,
+    ttl_secs: u64,
+    pool: Pool,
+    relay: RelayConn,
+    subscriber: Arc<Subscriber>,
+    scripts: Scripts,
     /// Last known reachability, so a loss and a recovery are each logged once.
     reachable: AtomicBool,
     /// Throttles the ERROR lines of commands Redis answered with an error.
@@ -118,7 +131,7 @@ impl RedisBroker {
         node_id: NodeId,
         incarnation: Arc<Incarnation>,
         ttl: Duration,
-        registry: Arc<Registry>,
+        deliveries: Arc<dyn Deliveries>,
         payload_key: Option<&[u8; 32]>,
     ) -> Result<Self, BrokerError> {
         let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
@@ -147,13 +160,14 @@ impl RedisBroker {
             pool.clone(),
             keys.clone(),
             node_id.clone(),
-            registry,
+            deliveries.clone(),
             cipher.clone(),
         ));
         Ok(Self {
             keys,
             node_id,
             incarnation,
+            deliveries,
             ttl_secs: ttl.as_secs().max(1),
             pool,
             relay,
@@ -169,6 +183,20 @@ impl RedisBroker {
     /// Keeps the subscriber connection up until `cancel`.
     pub async fn run(&self, cancel: CancellationToken) {
         self.subscriber.clone().run(cancel).await;
+    }
+
+    /// Runs the node upkeep (registration, dead runs, restore after Redis lost its
+    /// state) until `cancel`, deregistering this run at the end.
+    pub async fn upkeep(&self, node: &NodeStatus, cancel: CancellationToken) {
+        upkeep::run(
+            self,
+            &*self.deliveries,
+            &self.incarnation,
+            &self.node_id,
+            node,
+            cancel,
+        )
+        .await;
     }
 
     /// Counts subscriber (re)connections; a change means Redis may have lost state.
@@ -243,7 +271,7 @@ impl RedisBroker {
                 }
                 if let Err(BrokerError::Command { op, source }) = answered {
                     crate::metrics::redis_command_failed(op);
-                    self.command_errors.report(op, source);
+                    self.command_errors.report(op, &**source);
                 }
             }
         }
@@ -1207,12 +1235,9 @@ impl RedisBroker {
     /// (a user now owned by another session makes this one stale: nothing else is
     /// written), then the room step, then this node's record and the room index.
     /// Returns false when another session owns the user now.
-    pub async fn restore(
-        &self,
-        user: &UserId,
-        handle: &SessionHandle,
-    ) -> Result<bool, BrokerError> {
-        let (room, session) = (handle.room_id.as_str(), handle.session_id.to_string());
+    pub async fn restore(&self, handle: &LocalSession) -> Result<bool, BrokerError> {
+        let user = &handle.user;
+        let (room, session) = (handle.room.as_str(), handle.session.to_string());
         let restored: i64 = self
             .pooled("restore_user", async |conn| {
                 let mut invocation = self.scripts.restore_user.prepare_invoke();
@@ -1235,7 +1260,7 @@ impl RedisBroker {
             return Ok(false);
         }
         let record = MemberRecord {
-            session: handle.session_id,
+            session: handle.session,
             ticket: 0,
             node: self.node_id.to_string(),
             role: handle.role,
@@ -1281,7 +1306,7 @@ struct CommandErrorLog {
 }
 
 impl CommandErrorLog {
-    fn report(&self, op: &'static str, error: &redis::RedisError) {
+    fn report(&self, op: &'static str, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         let now = std::time::Instant::now();
         let suppressed = {
             // Plain bookkeeping: a panic elsewhere cannot leave it inconsistent.
@@ -1303,7 +1328,10 @@ impl CommandErrorLog {
         };
         tracing::error!(
             op,
-            code = error.code().unwrap_or("-"),
+            code = error
+                .downcast_ref::<redis::RedisError>()
+                .and_then(redis::RedisError::code)
+                .unwrap_or("-"),
             %error,
             not_logged_since_last = suppressed,
             "redis command failed: Redis answered with an error (it is reachable); the caller got `unavailable`"

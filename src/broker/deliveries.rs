@@ -1,0 +1,65 @@
+//! The way down from the engines to the node's sessions. An engine receives
+//! envelopes (from Redis through the subscriber, or from itself in memory) and
+//! hands them to the handler the node registers; it never holds the node's session
+//! table, so the broker does not depend on it and deliveries flow one way:
+//! client → session → broker → Redis → subscriber → handler → session.
+
+use crate::ids::{RoomId, SessionId, UserId};
+use crate::incarnation::RunId;
+use crate::protocol::Role;
+
+use super::Member;
+
+/// One live local session as the broker needs to see it (to write it back after
+/// Redis lost its state): who, where, since when, under which run.
+#[derive(Debug, Clone)]
+pub struct LocalSession {
+    /// The member.
+    pub user: UserId,
+    /// The room it joined.
+    pub room: RoomId,
+    /// The session it is connected with.
+    pub session: SessionId,
+    /// Its role in the room.
+    pub role: Role,
+    /// When it joined (RFC 3339 UTC, milliseconds).
+    pub joined_at: String,
+    /// The incarnation of this node the session joined under.
+    pub run: RunId,
+}
+
+/// What an engine (and the node upkeep) may ask of the node's local sessions.
+/// Implemented by the registry; engines get it as `Arc<dyn Deliveries>`.
+pub trait Deliveries: Send + Sync {
+    /// Hands an envelope published on `user`'s channel in `room` to the local
+    /// sessions of that user in that room; whether one took it. Never blocks.
+    fn deliver(&self, room: &str, user: &str, text: &str) -> bool;
+
+    /// Every (room, user) with a local session: the channels this node needs.
+    fn channels(&self) -> Vec<(RoomId, UserId)>;
+
+    /// Whether the user has a session in `room` on this node.
+    fn contains_in(&self, room: &str, user: &str) -> bool;
+
+    /// Number of local sessions (for logs).
+    fn sessions(&self) -> usize;
+
+    /// Every local user with its current session, to write back after Redis lost
+    /// its state.
+    fn local_sessions(&self) -> Vec<LocalSession>;
+
+    /// Rooms with at least one local member.
+    fn rooms(&self) -> Vec<RoomId>;
+
+    /// Brings the view of every local session in `room` in line with `truth`;
+    /// returns the number of frames sent.
+    fn reconcile(&self, room: &RoomId, truth: &[Member]) -> usize;
+
+    /// Closes the sessions of incarnation `run`, which the cluster declared dead
+    /// (clients hear `unavailable` + 1013); returns how many.
+    fn close_expired_run(&self, run: RunId) -> usize;
+
+    /// Closes `user`'s session `session` as replaced: another session owns the
+    /// user in the store now, so this one is stale.
+    fn close_replaced(&self, user: &UserId, session: SessionId);
+}
