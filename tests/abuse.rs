@@ -312,6 +312,49 @@ async fn racing_connections(c: &Cluster) {
     }
 }
 
+both_engines!(
+    a_reconnect_racing_the_old_connections_drop_always_wins,
+    reconnect_while_dropping
+);
+
+/// 150 times in a row bob opens a new connection (into a new room) at the moment
+/// his previous connection drops: every new connection joins and stays (it must
+/// never lose to the session that is leaving, which would leave bob with none).
+async fn reconnect_while_dropping(c: &Cluster) {
+    let room = room_id();
+    let (mut previous, _) = join(c.node(0), &room, "bob").await;
+    for round in 0..150 {
+        let room = room_id();
+        let url = c.node(round % 2).ws_url(&room, "bob");
+        let connect = tokio::spawn(async move {
+            let mut client = TestClient::connect(&url).await;
+            let first = client.recv_json().await;
+            (client, first)
+        });
+        drop(previous);
+        let (mut client, first) = connect.await.expect("connect task");
+        assert_eq!(
+            first["type"], "room_users",
+            "round {round}: the new connection was refused: {first}"
+        );
+        // Still bob's live session once the old one is surely gone: it answers a
+        // ping, and REST names its room.
+        client
+            .send_json(json!({"type": "ping", "payload": round}))
+            .await;
+        loop {
+            match client.next_event(TIMEOUT).await {
+                Some(Event::Text(text)) if text.contains("\"pong\"") => break,
+                Some(Event::Text(_)) => {}
+                other => panic!("round {round}: the new connection ended: {other:?}"),
+            }
+        }
+        previous = client;
+    }
+    let (status, user) = c.node(1).get("/users/bob").await;
+    assert_eq!(status, 200, "{user}");
+}
+
 // ---------------------------------------------------------------------------
 // A refused connection never touches the user's live session
 // ---------------------------------------------------------------------------

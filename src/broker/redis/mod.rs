@@ -405,7 +405,6 @@ impl RedisBroker {
             .ok_or_else(|| BrokerError::Reply("empty join reply".into()))?;
         match previous_here.as_str() {
             "!full" | "!superseded" => {
-                self.release_claim(user).await;
                 self.forget_session(&session).await;
                 return Ok(if previous_here == "!full" {
                     JoinResult::Full
@@ -547,29 +546,6 @@ impl RedisBroker {
             Ok(())
         })
         .await
-    }
-
-    /// Gives a refused join's ticket back: the claim hash goes if no session owns
-    /// the user (a later ticket from a fresh counter still orders correctly, ties
-    /// broken by session id).
-    async fn release_claim(&self, user: &str) {
-        let claim = self.keys.user_claim(user);
-        let _ = self
-            .pooled("release_claim", async |conn| {
-                let owner: Option<String> = redis::cmd("HGET")
-                    .arg(&claim)
-                    .arg("session")
-                    .query_async(&mut *conn)
-                    .await?;
-                if owner.is_none() {
-                    redis::cmd("DEL")
-                        .arg(&claim)
-                        .query_async::<i64>(&mut *conn)
-                        .await?;
-                }
-                Ok(())
-            })
-            .await;
     }
 
     /// Records a session of this node in its run's sessions hash (node slot):
