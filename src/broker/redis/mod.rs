@@ -382,10 +382,10 @@ impl RedisBroker {
         };
         let reply: Vec<String> = self
             .pooled("join", async |conn| {
-                let mut invocation = self.scripts.join_room.prepare_invoke();
-                for key in script_keys::join_room(&self.keys, room) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.join_room,
+                    script_keys::join_room(&self.keys, room),
+                );
                 let reply: Vec<String> = invocation
                     .arg(user)
                     .arg(record.encode())
@@ -420,10 +420,10 @@ impl RedisBroker {
 
         let previous: Vec<String> = self
             .pooled("claim_user", async |conn| {
-                let mut invocation = self.scripts.claim_user.prepare_invoke();
-                for key in script_keys::user(&self.keys, user) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.claim_user,
+                    script_keys::user(&self.keys, user),
+                );
                 let previous: Vec<String> = invocation
                     .arg(ticket)
                     .arg(&session)
@@ -623,10 +623,10 @@ impl RedisBroker {
         );
         let (removed, remaining, meta): (i64, i64, i64) = self
             .pooled("leave_room", async |conn| {
-                let mut invocation = self.scripts.leave_room.prepare_invoke();
-                for key in script_keys::leave_room(&self.keys, room.as_str()) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.leave_room,
+                    script_keys::leave_room(&self.keys, room.as_str()),
+                );
                 let reply: (i64, i64, i64) = invocation
                     .arg(user)
                     .arg(session)
@@ -646,10 +646,10 @@ impl RedisBroker {
     /// The user step of a leave: the user's hash and claim go if still `session`'s.
     pub(super) async fn leave_user(&self, user: &str, session: &str) -> Result<bool, BrokerError> {
         self.pooled("leave_user", async |conn| {
-            let mut invocation = self.scripts.leave_user.prepare_invoke();
-            for key in script_keys::user(&self.keys, user) {
-                invocation.key(key);
-            }
+            let mut invocation = with_keys(
+                &self.scripts.leave_user,
+                script_keys::user(&self.keys, user),
+            );
             let removed: i64 = invocation.arg(session).invoke_async(&mut *conn).await?;
             Ok(removed == 1)
         })
@@ -730,10 +730,10 @@ impl RedisBroker {
     ) -> Result<RelayOutcome, BrokerError> {
         let channel = self.keys.user_channel(room.as_str(), target);
         let envelope = self.seal(&channel, envelope::frame(frame));
-        let mut invocation = self.scripts.relay.prepare_invoke();
-        for key in script_keys::relay(&self.keys, room.as_str(), target) {
-            invocation.key(key);
-        }
+        let mut invocation = with_keys(
+            &self.scripts.relay,
+            script_keys::relay(&self.keys, room.as_str(), target),
+        );
         invocation.arg(target).arg(envelope);
         let n = self.relay_call("relay", &invocation).await?;
         Ok(match n {
@@ -753,10 +753,10 @@ impl RedisBroker {
             return self.relay_to_room_sealed(cipher, room, sender, frame).await;
         }
         let envelope = envelope::frame(frame);
-        let mut invocation = self.scripts.broadcast.prepare_invoke();
-        for key in script_keys::broadcast(&self.keys, room.as_str()) {
-            invocation.key(key);
-        }
+        let mut invocation = with_keys(
+            &self.scripts.broadcast,
+            script_keys::broadcast(&self.keys, room.as_str()),
+        );
         invocation
             .arg(sender.as_str())
             .arg(self.keys.room_channel_prefix(room.as_str()))
@@ -799,11 +799,10 @@ impl RedisBroker {
         if others.is_empty() {
             return Ok(0);
         }
-        let mut invocation = self.scripts.broadcast_sealed.prepare_invoke();
-        for key in script_keys::broadcast_sealed(&self.keys, room.as_str(), others.iter().copied())
-        {
-            invocation.key(key);
-        }
+        let mut invocation = with_keys(
+            &self.scripts.broadcast_sealed,
+            script_keys::broadcast_sealed(&self.keys, room.as_str(), others.iter().copied()),
+        );
         for member in &others {
             let channel = self.keys.user_channel(room.as_str(), member);
             invocation
@@ -950,10 +949,10 @@ impl RedisBroker {
         })
         .await?;
         self.pooled("heartbeat", async |conn| {
-            let mut invocation = self.scripts.heartbeat.prepare_invoke();
-            for key in script_keys::heartbeat(&self.keys, me, &run) {
-                invocation.key(key);
-            }
+            let mut invocation = with_keys(
+                &self.scripts.heartbeat,
+                script_keys::heartbeat(&self.keys, me, &run),
+            );
             let dead: i64 = invocation
                 .arg(&run)
                 .arg(info)
@@ -974,10 +973,10 @@ impl RedisBroker {
         let run = self.incarnation.current().to_string();
         let left: i64 = self
             .pooled("deregister", async |conn| {
-                let mut invocation = self.scripts.deregister.prepare_invoke();
-                for key in script_keys::deregister(&self.keys, me, &run) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.deregister,
+                    script_keys::deregister(&self.keys, me, &run),
+                );
                 let left: i64 = invocation.arg(&run).invoke_async(&mut *conn).await?;
                 Ok(left)
             })
@@ -1119,10 +1118,10 @@ impl RedisBroker {
     ) -> Result<Option<usize>, BrokerError> {
         let reply = self
             .pooled("claim_dead", async |conn| {
-                let mut invocation = self.scripts.claim_dead.prepare_invoke();
-                for key in script_keys::claim_dead(&self.keys, node, run) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.claim_dead,
+                    script_keys::claim_dead(&self.keys, node, run),
+                );
                 let reply: Vec<String> = invocation
                     .arg(run)
                     .arg(DEAD_MARKER_SECS)
@@ -1216,10 +1215,10 @@ impl RedisBroker {
         let (room, session) = (handle.room.as_str(), handle.session.to_string());
         let restored: i64 = self
             .pooled("restore_user", async |conn| {
-                let mut invocation = self.scripts.restore_user.prepare_invoke();
-                for key in script_keys::user(&self.keys, user.as_str()) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.restore_user,
+                    script_keys::user(&self.keys, user.as_str()),
+                );
                 let restored: i64 = invocation
                     .arg(&session)
                     .arg(room)
@@ -1244,10 +1243,10 @@ impl RedisBroker {
         };
         let restored: i64 = self
             .pooled("restore_room", async |conn| {
-                let mut invocation = self.scripts.restore_room.prepare_invoke();
-                for key in script_keys::restore_room(&self.keys, room) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.restore_room,
+                    script_keys::restore_room(&self.keys, room),
+                );
                 let restored: i64 = invocation
                     .arg(user.as_str())
                     .arg(record.encode())
@@ -1266,6 +1265,16 @@ impl RedisBroker {
         self.index_room(room).await?;
         Ok(true)
     }
+}
+
+/// A script invocation whose `KEYS` are `keys`, a list from [`script_keys`] (one
+/// slot, proven there).
+pub(super) fn with_keys(script: &Script, keys: Vec<String>) -> redis::ScriptInvocation<'_> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    invocation
 }
 
 /// How often one command's failures are logged after the first: a key of the wrong

@@ -3,6 +3,7 @@
 
 use super::member_record::MemberRecord;
 use super::script_keys;
+use super::with_keys;
 use super::RedisBroker;
 use crate::broker::{BrokerError, RoomInfo, RoomMeta, RoomPage};
 use crate::envelope::{self, KickReason};
@@ -75,10 +76,10 @@ impl RedisBroker {
     ) -> Result<bool, BrokerError> {
         let created = self
             .pooled("create_room", async |conn| {
-                let mut invocation = self.scripts.create_room.prepare_invoke();
-                for key in script_keys::create_room(&self.keys, room.as_str()) {
-                    invocation.key(key);
-                }
+                let mut invocation = with_keys(
+                    &self.scripts.create_room,
+                    script_keys::create_room(&self.keys, room.as_str()),
+                );
                 let created: i64 = invocation
                     .arg(&meta.created_at)
                     .arg(meta.password_hash.as_deref().unwrap_or(""))
@@ -107,10 +108,10 @@ impl RedisBroker {
     ) -> Result<Option<usize>, BrokerError> {
         let reply: Vec<String> = self
             .pooled("close_room", async |conn| {
-                let mut invocation = self.scripts.close_room.prepare_invoke();
-                for key in script_keys::leave_room(&self.keys, room.as_str()) {
-                    invocation.key(key);
-                }
+                let invocation = with_keys(
+                    &self.scripts.close_room,
+                    script_keys::leave_room(&self.keys, room.as_str()),
+                );
                 let reply: Vec<String> = invocation.invoke_async(&mut *conn).await?;
                 Ok(reply)
             })
