@@ -70,11 +70,6 @@ impl Keys {
         }
     }
 
-    /// The prefix, passed to Lua scripts that address members' keys.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// `P room:{room_id}`: set of user ids.
     pub fn room(&self, room: &str) -> String {
         format!("{}room:{{{room}}}", self.prefix)

@@ -1157,53 +1157,27 @@ impl RedisBroker {
         Ok(Some(evicted))
     }
 
-    /// Evicts the sessions of a node's sessions hash, given as (field, value)
-    /// pairs: (session, `user room`); or (user, session) as an older version wrote
-    /// them, whose room is then read from the user's hash.
+    /// Evicts the sessions of a run's sessions hash, given as (field, value) pairs:
+    /// (session, `user room`), as `record_session` writes them. A malformed entry
+    /// cannot name a member, so it is skipped.
     async fn evict_pairs(&self, flat: &[String]) -> Result<usize, BrokerError> {
         let mut evicted = 0;
         for pair in flat.chunks_exact(2) {
-            let (user, session, room) = match pair[1].split_once(' ') {
-                Some((user, room)) => (user.to_owned(), pair[0].clone(), Some(room.to_owned())),
-                None => {
-                    let room = self.room_of(&pair[0], &pair[1]).await?;
-                    (pair[0].clone(), pair[1].clone(), room)
-                }
+            let (session, record) = (&pair[0], &pair[1]);
+            let Some((user, room)) = record.split_once(' ') else {
+                continue;
             };
-            let Some(room) = room.and_then(|r| RoomId::parse(&r).ok()) else {
-                self.leave_user(&user, &session).await?;
+            let Ok(room) = RoomId::parse(room) else {
                 continue;
             };
             if self
-                .evict(&room, &user, &session, LeaveReason::Timeout)
+                .evict(&room, user, session, LeaveReason::Timeout)
                 .await?
             {
                 evicted += 1;
             }
         }
         Ok(evicted)
-    }
-
-    /// The room `user` is in, if the user's hash still names `session`.
-    pub(super) async fn room_of(
-        &self,
-        user: &str,
-        session: &str,
-    ) -> Result<Option<String>, BrokerError> {
-        let fields = self
-            .pooled("user", async |conn| {
-                let fields: (Option<String>, Option<String>) = redis::cmd("HMGET")
-                    .arg(self.keys.user(user))
-                    .arg(&["room_id", "session_id"])
-                    .query_async(&mut *conn)
-                    .await?;
-                Ok(fields)
-            })
-            .await?;
-        Ok(match fields {
-            (Some(room), Some(s)) if s == session => Some(room),
-            _ => None,
-        })
     }
 
     /// Writes a live local session back after Redis lost it: the user step first
