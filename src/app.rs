@@ -23,7 +23,9 @@ const BACKGROUND_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Serves on `listener` until `shutdown` resolves, then drains:
 /// 1. mark draining (`/readyz` 503), stop accepting;
-/// 2. close every session (`shutdown` + 1001), each telling its room and cleaning Redis;
+/// 2. tell the cluster this run drains, then close every session (`shutdown` with
+///    `retry_after_ms`, 1001), each relaying what its client sent until the close
+///    reply, then detaching (resume on) or leaving its room;
 /// 3. wait for the sessions, bounded by [`DRAIN_DEADLINE`];
 /// 4. stop the background tasks.
 pub async fn run(
@@ -83,6 +85,9 @@ pub async fn run(
             "shutting down: draining sessions"
         );
         draining.start_draining();
+        // Before any session closes: a client that resumes elsewhere at once finds
+        // its old session draining and waits until what it sent is relayed.
+        draining.broker.draining().await;
         draining.sessions.cancel();
     };
     let router = crate::http::router(state.clone());

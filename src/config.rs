@@ -30,6 +30,8 @@
 //! | `HTTP_HEADER_TIMEOUT_SECONDS` | `10` | 1–300: TLS handshake and request head, and the idle wait between keep-alive requests |
 //! | `HTTP_IDLE_TIMEOUT_SECONDS` | `60` | 1–3600: a connection not yet upgraded with no byte read or written for this long is closed |
 //! | `MAX_PENDING_CONNECTIONS` | `1024` | 1–1000000: connections not yet upgraded to WebSocket; past it the oldest is closed |
+//! | `RESUME_GRACE_SECONDS` | `20` | 0–3600: how long a dropped member stays in its room, resumable; `0` turns resume off |
+//! | `RESUME_BUFFER_MESSAGES` | `256` | 1–100000: most relayed messages held for one member; more make its resume fail |
 //!
 //! Every number has an inclusive range (the `*_RANGE` constants below); outside it
 //! startup stops with one line that shows the range.
@@ -94,6 +96,10 @@ const HEADER_TIMEOUT_RANGE: RangeInclusive<u64> = 1..=300;
 const IDLE_TIMEOUT_RANGE: RangeInclusive<u64> = 1..=3600;
 /// `MAX_CONNECTIONS`, `ALERT_CONNECTION_SPIKE` and `MAX_PENDING_CONNECTIONS`.
 const CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// `RESUME_GRACE_SECONDS`: up to an hour (a member held longer is a ghost).
+const RESUME_GRACE_RANGE: RangeInclusive<u64> = 0..=3600;
+/// `RESUME_BUFFER_MESSAGES`: at least one, at most what Redis holds cheaply per member.
+const RESUME_BUFFER_RANGE: RangeInclusive<usize> = 1..=100_000;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +143,11 @@ pub struct Config {
     pub byte_rate_limit: Option<RateLimit>,
     /// Sessions this node accepts at once.
     pub max_connections: usize,
+    /// How long a member whose connection dropped stays resumable; zero turns
+    /// resume off (every drop is a leave, as before resume existed).
+    pub resume_grace: Duration,
+    /// Most relayed frames held per member for a resume or a gap fill.
+    pub resume_buffer: usize,
     /// Tokens, admin, TLS, origins, payload encryption.
     pub security: Security,
     /// Connection rise within a minute that is logged as a spike.
@@ -291,6 +302,8 @@ impl Config {
         });
         let byte_rate_limit = byte_rate_limit(&get, max_message_bytes)?;
         let max_connections = parse_in(&get, "MAX_CONNECTIONS", 10_000, CONNECTIONS_RANGE)?;
+        let resume_grace = parse_in(&get, "RESUME_GRACE_SECONDS", 20, RESUME_GRACE_RANGE)?;
+        let resume_buffer = parse_in(&get, "RESUME_BUFFER_MESSAGES", 256, RESUME_BUFFER_RANGE)?;
 
         let security = security(&get)?;
         let alert_connection_spike =
@@ -312,6 +325,8 @@ impl Config {
             rate_limit,
             byte_rate_limit,
             max_connections,
+            resume_grace: Duration::from_secs(resume_grace),
+            resume_buffer,
             security,
             alert_connection_spike,
             http,
@@ -739,6 +754,8 @@ mod tests {
         ("RATE_LIMIT_BYTES_PER_SECOND", 0, 1_073_741_824, &[]),
         ("RATE_LIMIT_BYTES_BURST", 65_536, 1_073_741_824, &[]),
         ("MAX_CONNECTIONS", 1, 1_000_000, &[]),
+        ("RESUME_GRACE_SECONDS", 0, 3600, &[]),
+        ("RESUME_BUFFER_MESSAGES", 1, 100_000, &[]),
         ("ALERT_CONNECTION_SPIKE", 1, 1_000_000, &[]),
         ("HTTP_HEADER_TIMEOUT_SECONDS", 1, 300, &[]),
         ("HTTP_IDLE_TIMEOUT_SECONDS", 1, 3600, &[]),

@@ -132,6 +132,16 @@ pub fn open<'a>(
     channel: &str,
     text: &'a str,
 ) -> Result<Cow<'a, str>, OpenError> {
+    // A numbered frame: Redis wrote the header, the node sealed what it wraps.
+    if let Some((header, inner)) = text
+        .strip_prefix("S ")
+        .and_then(|rest| rest.split_once('\n'))
+    {
+        return Ok(match open(cipher, channel, inner)? {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            Cow::Owned(opened) => Cow::Owned(format!("S {header}\n{opened}")),
+        });
+    }
     match (text.strip_prefix(SEALED_PREFIX), cipher) {
         (None, None) => Ok(Cow::Borrowed(text)),
         (None, Some(_)) if crate::envelope::carries_no_client_payload(text) => {

@@ -5,7 +5,16 @@
 //!   session; `published_us` (Unix microseconds, optional) measures delivery latency.
 //! - `J {user_id} {session_id}\n{frame}`: a `user_joined` frame for that member's session.
 //! - `L {user_id} {session_id}\n{frame}`: a `user_left` frame.
-//! - `K {session_id} {reason}\n`: close that one session (`replaced`, `kicked`).
+//! - `K {session_id} {reason}\n`: close that one session (`replaced`, `kicked`,
+//!   `resumed`: the member resumed elsewhere, close without a word).
+//! - `S {seq} {stream} {ms}\n{F envelope}`: a relayed frame numbered for its target.
+//!   The relay scripts wrap the node's `F` envelope (clear or sealed) in this header
+//!   when they number it and store it in the member's mailbox: `seq` is the
+//!   member's `seq` (PROTOCOL.md section 4), `stream` the session id of the ordinary
+//!   join that started the numbering (a resume keeps it, a new join starts another,
+//!   so numbers of an older stream are never mistaken for this one's), `ms` when it
+//!   was stored (Unix milliseconds; the mailbox is trimmed by it). The header stays
+//!   outside any seal, since Redis writes it.
 //!
 //! Frames are serialized once, by the sending node, and written to the socket as is
 //! on the receiving one. `J` and `L` carry the member in the header so the receiving
@@ -26,6 +35,8 @@ pub enum KickReason {
     Replaced,
     /// An administrator removed it.
     Kicked,
+    /// The member resumed on another connection: this one closes silently.
+    Resumed,
 }
 
 impl KickReason {
@@ -33,6 +44,7 @@ impl KickReason {
         match self {
             Self::Replaced => "replaced",
             Self::Kicked => "kicked",
+            Self::Resumed => "resumed",
         }
     }
 }
@@ -56,6 +68,13 @@ pub enum Envelope<'a> {
         member: &'a str,
         session: SessionId,
         frame: &'a str,
+    },
+    /// A relayed frame numbered `seq` in the member's stream `stream`.
+    Numbered {
+        seq: u64,
+        stream: SessionId,
+        frame: &'a str,
+        published_us: Option<u64>,
     },
     /// Close one particular session of the user.
     Kick {
@@ -96,8 +115,51 @@ pub fn kick(session: SessionId, reason: KickReason) -> String {
     format!("K {session} {}\n", reason.as_str())
 }
 
+/// Wraps an `F` envelope as a relay script does (the memory engine, which has no
+/// scripts, numbers frames with this).
+pub fn numbered(seq: u64, stream: SessionId, stored_ms: u64, inner: &str) -> String {
+    format!("S {seq} {stream} {stored_ms}\n{inner}")
+}
+
+/// The header of an `S` envelope and the envelope it wraps (still sealed, if it
+/// was): `(seq, stream, inner)`.
+pub fn split_numbered(text: &str) -> Option<(u64, SessionId, &str)> {
+    let rest = text.strip_prefix("S ")?;
+    let (header, inner) = rest.split_once('\n')?;
+    let mut fields = header.split(' ');
+    let seq = fields.next()?.parse().ok()?;
+    let stream = SessionId::parse(fields.next()?)?;
+    Some((seq, stream, inner))
+}
+
+/// `frame` (a JSON object as the node serialized it) with `"seq":N` as its last field.
+pub fn with_seq(frame: &str, seq: u64) -> String {
+    let body = frame.trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body);
+    let mut out = String::with_capacity(body.len() + 24);
+    out.push_str(body);
+    out.push_str(",\"seq\":");
+    out.push_str(&seq.to_string());
+    out.push('}');
+    out
+}
+
 /// Decodes an envelope; `None` for anything malformed (logged by the caller).
 pub fn parse(text: &str) -> Option<Envelope<'_>> {
+    if let Some((seq, stream, inner)) = split_numbered(text) {
+        return match parse(inner)? {
+            Envelope::Frame {
+                frame,
+                published_us,
+            } => Some(Envelope::Numbered {
+                seq,
+                stream,
+                frame,
+                published_us,
+            }),
+            _ => None,
+        };
+    }
     let (header, body) = text.split_once('\n')?;
     let mut fields = header.split(' ');
     let kind = fields.next()?;
@@ -128,6 +190,7 @@ pub fn parse(text: &str) -> Option<Envelope<'_>> {
             let reason = match fields.next()? {
                 "replaced" => KickReason::Replaced,
                 "kicked" => KickReason::Kicked,
+                "resumed" => KickReason::Resumed,
                 _ => return None,
             };
             Some(Envelope::Kick { session, reason })
@@ -164,7 +227,7 @@ pub fn carries_no_client_payload(text: &str) -> bool {
                         "left" | "timeout" | "replaced" | "kicked" | "shutdown"
                     )
             }),
-        Some(Envelope::Frame { .. }) | None => false,
+        Some(Envelope::Frame { .. } | Envelope::Numbered { .. }) | None => false,
     }
 }
 
@@ -271,6 +334,34 @@ mod tests {
             assert!(!carries_no_client_payload(&left("bob", s, body)), "{body}");
         }
         assert!(!carries_no_client_payload("garbage"));
+    }
+
+    #[test]
+    fn numbered_frames_carry_their_seq() {
+        let stream = SessionId::new();
+        let text = numbered(7, stream, 123, &frame("{\"type\":\"x\"}"));
+        let Some(Envelope::Numbered {
+            seq,
+            stream: s,
+            frame: f,
+            ..
+        }) = parse(&text)
+        else {
+            panic!("not numbered")
+        };
+        assert_eq!((seq, s, f), (7, stream, "{\"type\":\"x\"}"));
+        assert_eq!(with_seq(f, 7), "{\"type\":\"x\",\"seq\":7}");
+        assert_eq!(
+            parse(&numbered(1, stream, 0, &kick(stream, KickReason::Resumed))),
+            None
+        );
+        assert_eq!(
+            parse(&kick(stream, KickReason::Resumed)),
+            Some(Envelope::Kick {
+                session: stream,
+                reason: KickReason::Resumed
+            })
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub mod outbox;
 pub mod password_gate;
 pub mod protocol;
 pub mod registry;
+pub mod resume_token;
 pub mod session;
 pub mod shutdown;
 pub mod state;

@@ -43,6 +43,12 @@ pub const ENVELOPES_DROPPED: &str = "signal_envelopes_dropped_total";
 pub const REDIS_SECONDS: &str = "signal_redis_command_seconds";
 /// Redis connections rebuilt, by `connection` (subscriber, relay) (counter).
 pub const RECONNECTS: &str = "signal_redis_reconnects_total";
+/// Mailbox reads that filled (or looked for) missed frames (counter).
+pub const GAP_FILLS: &str = "signal_gap_fills_total";
+/// Resume attempts, by `outcome` (resumed, refused, superseded) (counter).
+pub const RESUMES: &str = "signal_resumes_total";
+/// Sessions detached (kept resumable) instead of leaving, by `reason` (counter).
+pub const DETACHES: &str = "signal_detaches_total";
 /// Dead nodes whose sessions this node evicted (counter).
 pub const NODE_CLEANUPS: &str = "signal_node_cleanups_total";
 /// Whether `/readyz` would answer 200 (gauge 0/1).
@@ -137,6 +143,21 @@ pub fn redis_command_failed(op: &'static str) {
 /// An envelope from Redis was dropped unread.
 pub fn envelope_dropped(reason: &'static str) {
     counter!(ENVELOPES_DROPPED, "reason" => reason).increment(1);
+}
+
+/// A mailbox was read to fill a gap.
+pub fn gap_filled() {
+    counter!(GAP_FILLS).increment(1);
+}
+
+/// A resume ended with `outcome`.
+pub fn resumed(outcome: &'static str) {
+    counter!(RESUMES, "outcome" => outcome).increment(1);
+}
+
+/// A session was detached; `reason` is what ended its connection.
+pub fn detached(reason: &'static str) {
+    counter!(DETACHES, "reason" => reason).increment(1);
 }
 
 /// A Redis connection was rebuilt.

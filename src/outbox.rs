@@ -30,6 +30,11 @@ pub enum CloseReason {
     /// The cluster declared this node dead (it was paused past its heartbeat):
     /// its sessions must not live on; clients reconnect.
     NodeExpired,
+    /// The member resumed on another connection: this one closes without a word.
+    Resumed,
+    /// Frames for this session were lost between Redis and the node and its
+    /// mailbox no longer holds them: it closes rather than show the client a gap.
+    Lost,
 }
 
 /// One frame on its way to the socket.

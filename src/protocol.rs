@@ -459,6 +459,16 @@ pub fn error_frame(
     id: Option<&RawValue>,
     target: Option<&str>,
 ) -> String {
+    error_frame_with(code, message, id, target, None)
+}
+
+fn error_frame_with(
+    code: ErrorCode,
+    message: &str,
+    id: Option<&RawValue>,
+    target: Option<&str>,
+    retry_after_ms: Option<u64>,
+) -> String {
     #[derive(Serialize)]
     struct Payload<'a> {
         code: &'static str,
@@ -467,6 +477,8 @@ pub fn error_frame(
         id: Option<&'a RawValue>,
         #[serde(skip_serializing_if = "Option::is_none")]
         target: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     }
     #[derive(Serialize)]
     struct Out<'a> {
@@ -481,18 +493,52 @@ pub fn error_frame(
             message,
             id,
             target,
+            retry_after_ms,
         },
     })
 }
 
-/// The newcomer's first frame: who it is and who is already there.
-pub fn room_users_frame(room: &RoomId, me: &User, users: &[User]) -> String {
+/// `room_users.payload.session` (PROTOCOL.md section 11): how this session can be
+/// resumed, and whether it was.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo<'a> {
+    /// Single use; never logged.
+    pub resume_token: &'a str,
+    /// `RESUME_GRACE_SECONDS`.
+    pub resume_seconds: u64,
+    /// Whether this connection resumed a session.
+    pub resumed: bool,
+}
+
+/// The `shutdown` error of a draining node: `retry_after_ms` spreads the
+/// reconnects of its clients over a second (PROTOCOL.md section 6).
+pub fn shutdown_frame(message: &str, retry_after_ms: u64) -> String {
+    error_frame_with(
+        ErrorCode::Shutdown,
+        message,
+        None,
+        None,
+        Some(retry_after_ms),
+    )
+}
+
+/// The newcomer's first frame: who it is, who is already there, how to resume,
+/// and the ICE servers to use (`ice_servers`, a JSON array).
+pub fn room_users_frame(
+    room: &RoomId,
+    me: &User,
+    users: &[User],
+    session: &SessionInfo<'_>,
+    ice_servers: &[serde_json::Value],
+) -> String {
     #[derive(Serialize)]
     struct Payload<'a> {
         room_id: &'a str,
         #[serde(rename = "self")]
         me: &'a User,
         users: &'a [User],
+        session: &'a SessionInfo<'a>,
+        ice_servers: &'a [serde_json::Value],
     }
     #[derive(Serialize)]
     struct Out<'a> {
@@ -506,6 +552,8 @@ pub fn room_users_frame(room: &RoomId, me: &User, users: &[User]) -> String {
             room_id: room.as_str(),
             me,
             users,
+            session,
+            ice_servers,
         },
     })
 }
@@ -743,9 +791,18 @@ mod tests {
             r#"{"type":"user_left","payload":{"user_id":"bob","room_id":"r1","reason":"left"}}"#
         );
         let room = RoomId::parse("r1").unwrap();
+        let session = SessionInfo {
+            resume_token: "tok",
+            resume_seconds: 20,
+            resumed: false,
+        };
         assert_eq!(
-            room_users_frame(&room, &user, &[]),
-            r#"{"type":"room_users","payload":{"room_id":"r1","self":{"user_id":"bob","room_id":"r1","joined_at":"2026-11-24T08:00:00.123Z","role":"peer"},"users":[]}}"#
+            room_users_frame(&room, &user, &[], &session, &[]),
+            r#"{"type":"room_users","payload":{"room_id":"r1","self":{"user_id":"bob","room_id":"r1","joined_at":"2026-11-24T08:00:00.123Z","role":"peer"},"users":[],"session":{"resume_token":"tok","resume_seconds":20,"resumed":false},"ice_servers":[]}}"#
+        );
+        assert_eq!(
+            shutdown_frame("bye", 250),
+            r#"{"type":"error","payload":{"code":"shutdown","message":"bye","retry_after_ms":250}}"#
         );
     }
 

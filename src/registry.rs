@@ -18,10 +18,10 @@
 //! that session id). So a refused connection never touches the live one, and the
 //! session Redis names as the owner is never the one closed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::broker::{Deliveries, LocalSession};
+use crate::broker::{Deliveries, Delivery, LocalSession};
 use crate::envelope::{self, Envelope, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::incarnation::RunId;
@@ -30,6 +30,8 @@ use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, Use
 
 /// Envelopes a joining session may accumulate before it counts as a slow consumer.
 const MAX_PENDING: usize = 4096;
+/// Numbered frames a session may hold past a gap while its mailbox is read.
+const MAX_HELD: usize = 4096;
 
 /// What the node knows about one local session.
 #[derive(Clone)]
@@ -47,6 +49,19 @@ pub struct SessionHandle {
     /// The incarnation of this node the session joined under: when that run is
     /// declared dead, exactly its sessions close ([`Registry::close_run`]).
     pub run: RunId,
+    /// Digest of the session's resume token, kept to write it back after Redis
+    /// lost its state.
+    pub resume_digest: String,
+}
+
+/// Where a session's numbering starts, set when it becomes active.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbering {
+    /// The member's stream: its own session id after an ordinary join, the
+    /// resumed session's stream after a resume.
+    pub stream: SessionId,
+    /// The last `seq` the client has (0 after an ordinary join).
+    pub last_seq: u64,
 }
 
 struct Entry {
@@ -55,44 +70,103 @@ struct Entry {
     view: HashMap<String, SessionId>,
     /// `Some` until the join snapshot is applied.
     pending: Option<Vec<String>>,
+    /// The numbering of relayed frames the client sees (section 11).
+    numbering: Numbering,
+    /// Numbered frames that came past a gap, by `seq`, until the gap is filled.
+    held: BTreeMap<u64, (String, Option<u64>)>,
 }
 
 impl Entry {
-    fn apply(&mut self, env: Envelope<'_>) -> bool {
+    /// Writes the next numbered frame, then any held ones that follow it.
+    fn push_numbered(&mut self, seq: u64, frame: &str, published_us: Option<u64>) -> bool {
+        self.numbering.last_seq = seq;
+        let mut ok = self
+            .handle
+            .outbox
+            .push_stamped(envelope::with_seq(frame, seq), published_us);
+        while let Some(entry) = self.held.first_entry() {
+            let next = *entry.key();
+            if next > self.numbering.last_seq + 1 {
+                break;
+            }
+            let (frame, published_us) = entry.remove();
+            if next <= self.numbering.last_seq {
+                continue;
+            }
+            self.numbering.last_seq = next;
+            ok &= self
+                .handle
+                .outbox
+                .push_stamped(envelope::with_seq(&frame, next), published_us);
+        }
+        ok
+    }
+
+    fn apply(&mut self, env: Envelope<'_>) -> Delivery {
+        let taken = |ok: bool| {
+            if ok {
+                Delivery::Taken
+            } else {
+                Delivery::Dropped
+            }
+        };
         match env {
+            Envelope::Numbered {
+                seq,
+                stream,
+                frame,
+                published_us,
+            } => {
+                // Another stream's numbers (a session this one replaced), or a
+                // duplicate (replayed and live both): already accounted for.
+                if stream != self.numbering.stream || seq <= self.numbering.last_seq {
+                    return Delivery::Taken;
+                }
+                if seq == self.numbering.last_seq + 1 {
+                    return taken(self.push_numbered(seq, frame, published_us));
+                }
+                if self.held.len() >= MAX_HELD {
+                    self.handle.outbox.close(CloseReason::SlowConsumer);
+                    return Delivery::Dropped;
+                }
+                self.held.insert(seq, (frame.to_owned(), published_us));
+                Delivery::Gap
+            }
             Envelope::Frame {
                 frame,
                 published_us,
-            } => self
-                .handle
-                .outbox
-                .push_stamped(frame.to_owned(), published_us),
+            } => taken(
+                self.handle
+                    .outbox
+                    .push_stamped(frame.to_owned(), published_us),
+            ),
             Envelope::Joined {
                 member,
                 session,
                 frame,
             } => {
                 if self.view.get(member) == Some(&session) {
-                    return true;
+                    return Delivery::Taken;
                 }
                 self.view.insert(member.to_owned(), session);
-                self.handle.outbox.push(frame.to_owned())
+                taken(self.handle.outbox.push(frame.to_owned()))
             }
             Envelope::Left { member, frame, .. } => {
                 if self.view.remove(member).is_none() {
-                    return true;
+                    return Delivery::Taken;
                 }
-                self.handle.outbox.push(frame.to_owned())
+                taken(self.handle.outbox.push(frame.to_owned()))
             }
             Envelope::Kick { session, reason } => {
                 if self.handle.session_id != session {
-                    return false;
+                    return Delivery::Dropped;
                 }
                 self.handle.outbox.close(match reason {
                     KickReason::Replaced => CloseReason::Replaced,
                     KickReason::Kicked => CloseReason::Kicked,
+                    KickReason::Resumed => CloseReason::Resumed,
                 });
-                true
+                Delivery::Taken
             }
         }
     }
@@ -119,32 +193,62 @@ impl Registry {
     /// Adds a joining session for the user (deliveries held until [`Self::activate`]).
     /// Other local sessions of the user stay as they are: the join decides.
     pub fn insert(&self, user: UserId, handle: SessionHandle) {
+        let numbering = Numbering {
+            stream: handle.session_id,
+            last_seq: 0,
+        };
         let entry = Entry {
             handle,
             view: HashMap::new(),
             pending: Some(Vec::new()),
+            numbering,
+            held: BTreeMap::new(),
         };
         self.lock().entry(user).or_default().push(entry);
     }
 
-    /// Applies the join snapshot (`members`, newcomer excluded) and releases the
-    /// deliveries held meanwhile, in order, through the view.
-    pub fn activate(&self, user: &UserId, session: SessionId, members: &[(User, SessionId)]) {
+    /// Applies the join snapshot (`members`, newcomer excluded) and the numbering
+    /// the client starts from, writes `replay` (a resume's held frames, in order),
+    /// then releases the deliveries held meanwhile, in order, through the view and
+    /// the numbering (so replayed and live frames merge without gap or duplicate).
+    /// Returns [`Delivery::Gap`] when what it has leaves a gap to fill.
+    pub fn activate(
+        &self,
+        user: &UserId,
+        session: SessionId,
+        me: &User,
+        members: &[(User, SessionId)],
+        numbering: Numbering,
+        replay: &[String],
+    ) -> Delivery {
         let mut map = self.lock();
         let Some(entry) = map
             .get_mut(user)
             .and_then(|entries| entries.iter_mut().find(|e| e.handle.session_id == session))
         else {
-            return;
+            return Delivery::Dropped;
         };
         entry.view = members
             .iter()
             .map(|(u, s)| (u.user_id.clone(), *s))
             .collect();
-        for text in entry.pending.take().unwrap_or_default() {
-            if let Some(env) = envelope::parse(&text) {
-                entry.apply(env);
+        entry.numbering = numbering;
+        // What the room knows of the member (a resume learns it from the store).
+        entry.handle.role = me.role;
+        entry.handle.joined_at.clone_from(&me.joined_at);
+        let mut outcome = Delivery::Taken;
+        let pending = entry.pending.take().unwrap_or_default();
+        for text in replay.iter().chain(pending.iter()) {
+            if let Some(env) = envelope::parse(text) {
+                if entry.apply(env) == Delivery::Gap {
+                    outcome = Delivery::Gap;
+                }
             }
+        }
+        if entry.held.is_empty() {
+            Delivery::Taken
+        } else {
+            outcome
         }
     }
 
@@ -198,6 +302,10 @@ impl Registry {
     /// Every local user with its current session (the newest that joined, else
     /// the newest still joining), for TTL refresh, resubscription and re-registration.
     pub fn snapshot(&self) -> Vec<(UserId, SessionHandle)> {
+        self.current().into_iter().map(|(u, h, _)| (u, h)).collect()
+    }
+
+    fn current(&self) -> Vec<(UserId, SessionHandle, Numbering)> {
         self.lock()
             .iter()
             .filter_map(|(u, entries)| {
@@ -206,7 +314,7 @@ impl Registry {
                     .rev()
                     .find(|e| e.pending.is_none())
                     .or_else(|| entries.last())?;
-                Some((u.clone(), current.handle.clone()))
+                Some((u.clone(), current.handle.clone(), current.numbering))
             })
             .collect()
     }
@@ -246,37 +354,72 @@ impl Registry {
     /// sessions of that user in that room (a session in another room never sees
     /// it). Returns whether one took it. Never blocks: a full queue closes that one
     /// session.
-    pub fn deliver(&self, room: &str, user: &str, text: &str) -> bool {
+    pub fn deliver(&self, room: &str, user: &str, text: &str) -> Delivery {
         let Some(env) = envelope::parse(text) else {
             tracing::warn!(user_id = user, "dropping malformed envelope");
-            return false;
+            return Delivery::Dropped;
         };
         let mut map = self.lock();
         let Some(entries) = map.get_mut(user) else {
-            return false;
+            return Delivery::Dropped;
         };
         let in_room = entries
             .iter_mut()
             .filter(|e| e.handle.room_id.as_str() == room);
         if let Envelope::Kick { .. } = env {
             // Aimed at one session id: only that session may close.
-            return in_room.into_iter().any(|entry| entry.apply(env));
+            let taken = in_room
+                .into_iter()
+                .any(|entry| entry.apply(env) == Delivery::Taken);
+            return if taken {
+                Delivery::Taken
+            } else {
+                Delivery::Dropped
+            };
         }
-        let mut taken = false;
+        let mut outcome = Delivery::Dropped;
         for entry in in_room {
-            taken |= match &mut entry.pending {
+            let this = match &mut entry.pending {
                 Some(pending) if pending.len() >= MAX_PENDING => {
                     entry.handle.outbox.close(CloseReason::SlowConsumer);
-                    false
+                    Delivery::Dropped
                 }
                 Some(pending) => {
                     pending.push(text.to_owned());
-                    true
+                    Delivery::Taken
                 }
                 None => entry.apply(env),
             };
+            outcome = match (outcome, this) {
+                (Delivery::Gap, _) | (_, Delivery::Gap) => Delivery::Gap,
+                (Delivery::Taken, _) | (_, Delivery::Taken) => Delivery::Taken,
+                _ => Delivery::Dropped,
+            };
         }
-        taken
+        outcome
+    }
+
+    /// Closes the sessions of `user` in `room` still waiting on a gap after the
+    /// mailbox was read: what they miss is gone.
+    pub fn gap_filled(&self, room: &str, user: &str) -> usize {
+        let mut closed = 0;
+        if let Some(entries) = self.lock().get_mut(user) {
+            for entry in entries
+                .iter_mut()
+                .filter(|e| e.handle.room_id.as_str() == room && !e.held.is_empty())
+            {
+                tracing::warn!(
+                    user_id = user,
+                    session_id = %entry.handle.session_id,
+                    last_seq = entry.numbering.last_seq,
+                    "frames for this session were lost and its mailbox no longer holds them; closing it"
+                );
+                entry.held.clear();
+                entry.handle.outbox.close(CloseReason::Lost);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Brings the view of every local session in `room` in line with `truth` (the
@@ -325,8 +468,12 @@ impl Registry {
 /// The registry is the node's delivery handler: the engines hand it what they
 /// receive without knowing it (see [`Deliveries`]).
 impl Deliveries for Registry {
-    fn deliver(&self, room: &str, user: &str, text: &str) -> bool {
+    fn deliver(&self, room: &str, user: &str, text: &str) -> Delivery {
         Registry::deliver(self, room, user, text)
+    }
+
+    fn gap_filled(&self, room: &str, user: &str) -> usize {
+        Registry::gap_filled(self, room, user)
     }
 
     fn channels(&self) -> Vec<(RoomId, UserId)> {
@@ -342,15 +489,18 @@ impl Deliveries for Registry {
     }
 
     fn local_sessions(&self) -> Vec<LocalSession> {
-        self.snapshot()
+        self.current()
             .into_iter()
-            .map(|(user, h)| LocalSession {
+            .map(|(user, h, numbering)| LocalSession {
                 user,
                 room: h.room_id,
                 session: h.session_id,
                 role: h.role,
                 joined_at: h.joined_at,
                 run: h.run,
+                stream: numbering.stream,
+                last_seq: numbering.last_seq,
+                resume_digest: h.resume_digest,
             })
             .collect()
     }
@@ -403,6 +553,7 @@ mod tests {
             joined_at: String::new(),
             role: Role::Peer,
             run: crate::incarnation::RunId::random(),
+            resume_digest: String::new(),
         };
         reg.insert(UserId::parse(id).unwrap(), handle);
         (sid, inbox)
@@ -415,13 +566,28 @@ mod tests {
         let (sid, mut inbox) = add(&reg, &root, "bob");
         let (carol, dave) = (SessionId::new(), SessionId::new());
         // carol is in the snapshot: her (stale) user_joined must not be shown again.
-        assert!(reg.deliver("r", "bob", &envelope::joined("carol", carol, "J-carol")));
-        assert!(reg.deliver("r", "bob", &envelope::joined("dave", dave, "J-dave")));
-        assert!(reg.deliver("r", "bob", &envelope::frame("from-dave")));
+        assert_eq!(
+            reg.deliver("r", "bob", &envelope::joined("carol", carol, "J-carol")),
+            Delivery::Taken
+        );
+        assert_eq!(
+            reg.deliver("r", "bob", &envelope::joined("dave", dave, "J-dave")),
+            Delivery::Taken
+        );
+        assert_eq!(
+            reg.deliver("r", "bob", &envelope::frame("from-dave")),
+            Delivery::Taken
+        );
         reg.activate(
             &UserId::parse("bob").unwrap(),
             sid,
+            &user("bob"),
             &[(user("carol"), carol)],
+            Numbering {
+                stream: sid,
+                last_seq: 0,
+            },
+            &[],
         );
         assert_eq!(
             inbox.recv().await.map(|o| o.text).as_deref(),
@@ -432,12 +598,18 @@ mod tests {
             Some("from-dave")
         );
         // A user_left for someone never announced is dropped; for dave it goes through.
-        assert!(reg.deliver(
-            "r",
-            "bob",
-            &envelope::left("eve", SessionId::new(), "L-eve")
-        ));
-        assert!(reg.deliver("r", "bob", &envelope::left("dave", dave, "L-dave")));
+        assert_eq!(
+            reg.deliver(
+                "r",
+                "bob",
+                &envelope::left("eve", SessionId::new(), "L-eve")
+            ),
+            Delivery::Taken
+        );
+        assert_eq!(
+            reg.deliver("r", "bob", &envelope::left("dave", dave, "L-dave")),
+            Delivery::Taken
+        );
         assert_eq!(
             inbox.recv().await.map(|o| o.text).as_deref(),
             Some("L-dave")
@@ -449,15 +621,24 @@ mod tests {
         let root = CancellationToken::new();
         let reg = Registry::new();
         let (sid, inbox) = add(&reg, &root, "bob");
-        assert!(!reg.deliver(
-            "r",
-            "bob",
-            &envelope::kick(SessionId::new(), KickReason::Replaced)
-        ));
+        assert_eq!(
+            reg.deliver(
+                "r",
+                "bob",
+                &envelope::kick(SessionId::new(), KickReason::Replaced)
+            ),
+            Delivery::Dropped
+        );
         assert_eq!(inbox.close_reason(), None);
-        assert!(reg.deliver("r", "bob", &envelope::kick(sid, KickReason::Kicked)));
+        assert_eq!(
+            reg.deliver("r", "bob", &envelope::kick(sid, KickReason::Kicked)),
+            Delivery::Taken
+        );
         // The same session id on another room's channel closes nothing.
-        assert!(!reg.deliver("other", "bob", &envelope::frame("x")));
+        assert_eq!(
+            reg.deliver("other", "bob", &envelope::frame("x")),
+            Delivery::Dropped
+        );
         assert_eq!(inbox.close_reason(), Some(CloseReason::Kicked));
     }
 
@@ -470,7 +651,13 @@ mod tests {
         reg.activate(
             &UserId::parse("bob").unwrap(),
             sid,
+            &user("bob"),
             &[(user("carol"), carol)],
+            Numbering {
+                stream: sid,
+                last_seq: 0,
+            },
+            &[],
         );
         let room = RoomId::parse("r").unwrap();
         let truth = [(user("bob"), sid), (user("dave"), dave)];
@@ -484,6 +671,56 @@ mod tests {
             Some(user_left_frame("carol", "r", LeaveReason::Timeout))
         );
         assert_eq!(reg.reconcile(&room, &truth), 0);
+    }
+
+    #[tokio::test]
+    async fn numbered_frames_merge_without_gap_or_duplicate() {
+        let root = CancellationToken::new();
+        let reg = Registry::new();
+        let (sid, mut inbox) = add(&reg, &root, "bob");
+        let stream = SessionId::new();
+        let n = |seq: u64| {
+            envelope::numbered(
+                seq,
+                stream,
+                0,
+                &envelope::frame(&format!("{{\"n\":{seq}}}")),
+            )
+        };
+        // Live frames 3 and 4 arrive while resuming from last_seq 1; 2 and 3 are replayed.
+        assert_eq!(reg.deliver("r", "bob", &n(3)), Delivery::Taken);
+        assert_eq!(reg.deliver("r", "bob", &n(4)), Delivery::Taken);
+        let numbering = Numbering {
+            stream,
+            last_seq: 1,
+        };
+        let outcome = reg.activate(
+            &UserId::parse("bob").unwrap(),
+            sid,
+            &user("bob"),
+            &[],
+            numbering,
+            &[n(2), n(3)],
+        );
+        assert_eq!(outcome, Delivery::Taken);
+        for seq in 2..=4 {
+            let text = inbox.recv().await.map(|o| o.text);
+            assert_eq!(text, Some(format!("{{\"n\":{seq},\"seq\":{seq}}}")));
+        }
+        // Another stream's frame is ignored; a frame past a gap waits for the fill.
+        let other = envelope::numbered(5, SessionId::new(), 0, &envelope::frame("{}"));
+        assert_eq!(reg.deliver("r", "bob", &other), Delivery::Taken);
+        assert_eq!(reg.deliver("r", "bob", &n(6)), Delivery::Gap);
+        assert_eq!(reg.deliver("r", "bob", &n(5)), Delivery::Taken);
+        for seq in 5..=6 {
+            let text = inbox.recv().await.map(|o| o.text);
+            assert_eq!(text, Some(format!("{{\"n\":{seq},\"seq\":{seq}}}")));
+        }
+        assert_eq!(reg.gap_filled("r", "bob"), 0);
+        // A gap the mailbox cannot fill closes the session instead of showing it.
+        assert_eq!(reg.deliver("r", "bob", &n(9)), Delivery::Gap);
+        assert_eq!(reg.gap_filled("r", "bob"), 1);
+        assert_eq!(inbox.close_reason(), Some(CloseReason::Lost));
     }
 
     #[test]

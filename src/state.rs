@@ -67,6 +67,11 @@ impl AppState {
             node_id: config.node_id.clone(),
             room_ttl: config.room_ttl,
             payload_key: config.security.payload_key.as_ref(),
+            resume: crate::broker::ResumeSettings::new(
+                config.resume_grace,
+                config.resume_buffer,
+                config.ping_interval,
+            ),
         };
         let broker = Broker::new(settings, registry.clone(), incarnation.clone())?;
         let verifier = Verifier::new(&config.security).map(Arc::new);

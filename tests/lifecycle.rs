@@ -12,7 +12,7 @@ use support::*;
 /// How long a node may take to drain and exit after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Expects error `shutdown` then close 1001. Local room mates shutting down at the
+/// Expects error `shutdown` (with `retry_after_ms`) then close 1001. Local room mates shutting down at the
 /// same moment (`also_leaving`) may be announced first with user_left "shutdown".
 async fn expect_shutdown(client: &mut TestClient, room: &str, also_leaving: &[&str]) {
     let mut announced = BTreeSet::new();
@@ -37,10 +37,18 @@ async fn expect_shutdown(client: &mut TestClient, room: &str, also_leaving: &[&s
             continue;
         }
         assert_error_frame(&frame, "shutdown", client.label());
+        // Section 6 (v2): the payload also carries `retry_after_ms`, 0 to 1000.
         assert_keys(
             &frame["payload"],
-            &["code", "message"],
+            &["code", "message", "retry_after_ms"],
             &format!("{}: {frame}", client.label()),
+        );
+        assert!(
+            frame["payload"]["retry_after_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms <= 1000),
+            "{}: retry_after_ms must be an integer from 0 to 1000 in {frame}",
+            client.label()
         );
         break;
     }

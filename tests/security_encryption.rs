@@ -201,11 +201,20 @@ fn user_channel(prefix: &str, room: &str, user: &str) -> String {
     format!("{prefix}room:{{{room}}}:ch:{user}")
 }
 
-/// The sealed envelopes (`E ...`) a tap subscribed to one channel has seen, in order.
+/// The sealed envelopes (`E ...`) a tap subscribed to one channel has seen, in order,
+/// whole: a relayed frame's sealed envelope comes inside the `S {seq} ...` header
+/// line the relay adds (v2, outside the seal, since Redis writes it).
 fn sealed_envelopes(tap: &RedisTap) -> Vec<String> {
+    let is_sealed = |part: &str| {
+        part.starts_with("E ")
+            || (part.starts_with("S ")
+                && part
+                    .split_once('\n')
+                    .is_some_and(|(_, inner)| inner.starts_with("E ")))
+    };
     tap.text()
         .split("\r\n")
-        .filter(|part| part.starts_with("E "))
+        .filter(|part| is_sealed(part))
         .map(str::to_owned)
         .collect()
 }

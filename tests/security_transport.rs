@@ -225,7 +225,7 @@ async fn tls_serves_https_and_wss() {
             bob.send_json(&json!({"type": "sdp_offer", "target": "alice", "payload": offer}));
             assert_eq!(
                 alice.recv_json(),
-                relayed("sdp_offer", "bob", Some("alice"), offer),
+                with_seq(relayed("sdp_offer", "bob", Some("alice"), offer), 1),
                 "relayed over wss"
             );
             bob.close();

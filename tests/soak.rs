@@ -6,6 +6,11 @@
 //! members evicted, the new run's never), and no directed message between two
 //! members that stayed connected was lost or reordered (PROTOCOL.md section 5).
 //!
+//! A second run (`churn_with_resumes_loses_nothing`) does the same with resume on
+//! (PROTOCOL.md section 11): every few seconds each member that stays dies in the
+//! middle of a frame and resumes on a random node, and still nothing sent to it is
+//! lost, repeated or reordered, its `seq` has no gap, and its room hears nothing.
+//!
 //! `SOAK_SECONDS` sets the churn phase (default 60); `SOAK_ROOMS` the number of
 //! rooms (default 100, ten users each: six stay, four churn).
 //!
@@ -83,6 +88,8 @@ async fn await_room_users(ws: &mut Ws) -> Option<()> {
 struct Received {
     seqs: HashMap<String, Vec<u64>>,
     errors: Vec<Value>,
+    /// Resumes of a member that resumes ([`resuming_member`]).
+    resumes: usize,
 }
 
 /// The run's phases and tallies, shared by every stable member.
@@ -158,6 +165,166 @@ async fn stable_member(
         }
     }
     let _ = ws.close(None).await;
+    (sent, received)
+}
+
+/// The stable peers a resuming member must still see join once (those after it in
+/// the room's joining order), and the peers themselves.
+struct Peers {
+    all: Vec<String>,
+    joining: BTreeSet<String>,
+}
+
+/// Records one frame a resuming member received: a stable peer's numbered message,
+/// or a fault (an error, a stable peer leaving, or joining other than once at the
+/// start: its room must hear nothing of the resumes).
+fn record(v: &Value, peers: &mut Peers, received: &mut Received, total: &AtomicU64) {
+    let about = v["payload"]["user_id"].as_str().unwrap_or_default();
+    if v["type"] == "user_joined" && peers.joining.remove(about) {
+        return;
+    }
+    let peers = &peers.all;
+    match v["type"].as_str() {
+        Some("message") => {
+            let from = v["from"].as_str().unwrap_or_default().to_owned();
+            if let Some(seq) = v["payload"]["seq"].as_u64() {
+                if peers.contains(&from) {
+                    received.seqs.entry(from).or_default().push(seq);
+                    total.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Some("error") => received.errors.push(v.clone()),
+        Some("user_left" | "user_joined") if peers.iter().any(|p| p == about) => {
+            received.errors.push(v.clone());
+        }
+        _ => {}
+    }
+}
+
+/// Dies in the middle of a frame and resumes on a random node of `bases` after up
+/// to half a second. A ping barrier first: once its pong is back, the node has read
+/// everything this member sent, so nothing it sent may be lost either.
+async fn kill_and_resume(
+    client: &mut ResumingClient,
+    bases: &[String],
+    rng: &mut Rng,
+    peers: &mut Peers,
+    received: &mut Received,
+    total: &AtomicU64,
+) -> Result<(), String> {
+    let nonce = json!(format!("barrier-{}", rng.next()));
+    client
+        .try_send_json(json!({"type": "ping", "payload": &nonce}))
+        .await?;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match client
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            None => return Err(format!("no pong within {TIMEOUT:?}")),
+            Some(Incoming::Frame(v)) if v == json!({"type": "pong", "payload": &nonce}) => break,
+            Some(Incoming::Frame(v)) => record(&v, peers, received, total),
+            Some(other) => return Err(format!("{other:?} while waiting for the pong")),
+        }
+    }
+    let conn = client.take_connection().ok_or("not connected")?;
+    conn.drop_mid_frame().await;
+    // Away for a moment while the peers keep sending: the fault itself.
+    tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+    let mut refusals = Vec::new();
+    for _attempt in 0..5 {
+        let base = &bases[rng.below(bases.len() as u64) as usize];
+        let last_seq = client.last_seq();
+        match client.try_resume_at(base, last_seq).await {
+            Ok(frame) if frame["payload"]["session"]["resumed"] == true => return Ok(()),
+            Ok(frame) => return Err(format!("the resume became an ordinary join: {frame}")),
+            Err(e) => refusals.push(e),
+        }
+        // Client backoff between attempts; not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("no node resumed the session: {refusals:?}"))
+}
+
+/// Like [`stable_member`], but every 2 to 6 s (while sending) the member dies in the
+/// middle of a frame and resumes elsewhere ([`kill_and_resume`]); its `seq` gaps or
+/// repeats and any ordinary join count as errors.
+async fn resuming_member(
+    mut client: ResumingClient,
+    me: String,
+    mut peers: Peers,
+    bases: Vec<String>,
+    seed: u64,
+    mut phases: Phases,
+) -> (HashMap<String, u64>, Received) {
+    let mut rng = Rng(seed | 1);
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut received = Received::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(400 + rng.below(400)));
+    let kill_period = |rng: &mut Rng| Duration::from_millis(2000 + rng.below(4000));
+    let mut next_kill = tokio::time::Instant::now() + kill_period(&mut rng);
+    let mut sending = false;
+    let mut started = false;
+    let (sent_total, received_total) = (phases.sent_total.clone(), phases.received_total.clone());
+    loop {
+        tokio::select! {
+            _ = phases.start.changed(), if !started => {
+                started = true;
+                sending = !*phases.stop.borrow();
+            }
+            _ = tick.tick(), if sending => {
+                let target = peers.all[rng.below(peers.all.len() as u64) as usize].clone();
+                let seq = sent.get(&target).copied().unwrap_or(0) + 1;
+                let frame = json!({"type": "message", "target": target, "payload": {"seq": seq, "from": me}});
+                if let Err(e) = client.try_send_json(frame).await {
+                    received.errors.push(json!({"local": e}));
+                    break;
+                }
+                sent.insert(target, seq);
+                sent_total.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = tokio::time::sleep_until(next_kill), if sending => {
+                let outcome = kill_and_resume(
+                    &mut client, &bases, &mut rng, &mut peers, &mut received, &received_total,
+                )
+                .await;
+                if let Err(e) = outcome {
+                    received.errors.push(json!({"local": e}));
+                    break;
+                }
+                next_kill = tokio::time::Instant::now() + kill_period(&mut rng);
+            }
+            _ = phases.stop.changed(), if sending => sending = false,
+            _ = phases.done.changed() => break,
+            incoming = client.next(Duration::from_secs(3600)) => match incoming {
+                None => {}
+                Some(Incoming::Frame(v)) => record(&v, &mut peers, &mut received, &received_total),
+                Some(other) => {
+                    received.errors.push(json!({"local": format!("{other:?}")}));
+                    break;
+                }
+            }
+        }
+    }
+    received.resumes = client.resumes();
+    received.errors.extend(
+        client
+            .seq_faults()
+            .iter()
+            .map(|fault| json!({"seq": fault})),
+    );
+    if client.fresh_joins() > 0 {
+        received.errors.push(
+            json!({"local": format!("{} resumes became ordinary joins", client.fresh_joins())}),
+        );
+    }
+    if client.is_connected() {
+        if let Err(e) = client.try_close().await {
+            received.errors.push(json!({"local": e}));
+        }
+    }
     (sent, received)
 }
 
@@ -299,25 +466,41 @@ fn redis_matches(c: &Cluster, rooms: &HashMap<String, Vec<String>>) -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a minute of churn over ~1,000 connections; .ci/run runs it with `cargo test --locked --test soak -- --ignored`"]
 async fn churn_loses_nothing_and_leaks_nothing() {
+    soak(None).await;
+}
+
+/// The grace of the resume soak: the members that stay are away for at most half a
+/// second; what churners leave detached must be gone soon after the churn.
+const SOAK_GRACE: &str = "5";
+const SOAK_GRACE_SECONDS: u64 = 5;
+
+/// The same minute of churn, with resume on and the members that stay dying in the
+/// middle of a frame every few seconds and resuming on a random node: nothing lost,
+/// repeated or reordered, no `seq` gap, no stable member seen leaving, no key leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a minute of churn and resumes over ~1,000 connections; run with `cargo test --locked --test soak -- --ignored`"]
+async fn churn_with_resumes_loses_nothing() {
+    soak(Some(SOAK_GRACE)).await;
+}
+
+/// The soak; `resume_grace: Some(seconds)` turns resume on and makes every stable
+/// member a [`resuming_member`].
+async fn soak(resume_grace: Option<&str>) {
     let seconds = env_or("SOAK_SECONDS", 60);
     let room_count = env_or("SOAK_ROOMS", 100) as usize;
-    let c = Cluster::redis_with(
-        3,
-        &[
-            ("RATE_LIMIT_PER_SECOND", "0"),
-            ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("RATE_LIMIT_PER_SECOND", "0"),
+        ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+    ];
+    if let Some(grace) = resume_grace {
+        env.push(("RESUME_GRACE_SECONDS", grace));
+    }
+    let c = Cluster::redis_with(3, &env).await;
     let urls: Vec<String> = (0..3)
         .map(|i| c.node(i).http_url().replacen("http", "ws", 1))
         .collect();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     // The fourth node: churners only, killed and restarted with the same id.
-    let env = [
-        ("RATE_LIMIT_PER_SECOND", "0"),
-        ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
-    ];
     let restarted_id = format!("soak-restarted-{run}");
     let mut restarted =
         TestNode::start_named(c.redis_server(), c.prefix(), &restarted_id, &env).await;
@@ -351,21 +534,35 @@ async fn churn_loses_nothing_and_leaks_nothing() {
     let mut seed = 0x5EED_u64;
     for (room, members) in &rooms {
         for (i, me) in members.iter().enumerate() {
-            let url = format!("{}/ws/{room}/{me}", urls[i % 3]);
-            let mut ws = connect(&url)
-                .await
-                .unwrap_or_else(|| panic!("{me} could not connect"));
-            await_room_users(&mut ws)
-                .await
-                .unwrap_or_else(|| panic!("{me} got no room_users"));
             let peers: Vec<String> = members.iter().filter(|m| *m != me).cloned().collect();
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            stable_tasks.push((
-                me.clone(),
-                tokio::spawn(stable_member(ws, me.clone(), peers, seed, phases.clone())),
-            ));
+            let task = if resume_grace.is_some() {
+                let (client, _) = ResumingClient::join_at(&urls[i % 3], room, me).await;
+                let peers = Peers {
+                    joining: members[i + 1..].iter().cloned().collect(),
+                    all: peers,
+                };
+                tokio::spawn(resuming_member(
+                    client,
+                    me.clone(),
+                    peers,
+                    urls.clone(),
+                    seed,
+                    phases.clone(),
+                ))
+            } else {
+                let url = format!("{}/ws/{room}/{me}", urls[i % 3]);
+                let mut ws = connect(&url)
+                    .await
+                    .unwrap_or_else(|| panic!("{me} could not connect"));
+                await_room_users(&mut ws)
+                    .await
+                    .unwrap_or_else(|| panic!("{me} got no room_users"));
+                tokio::spawn(stable_member(ws, me.clone(), peers, seed, phases.clone()))
+            };
+            stable_tasks.push((me.clone(), task));
         }
     }
 
@@ -415,11 +612,16 @@ async fn churn_loses_nothing_and_leaks_nothing() {
     let churned = started.elapsed();
 
     // Bounded poll for a state without an event; the last mismatch is the failure.
-    let settle = Instant::now() + Duration::from_secs(20);
+    // With resume, churners killed last stay detached for the grace first.
+    let settle_within = match resume_grace {
+        Some(_) => Duration::from_secs(20 + SOAK_GRACE_SECONDS),
+        None => Duration::from_secs(20),
+    };
+    let settle = Instant::now() + settle_within;
     while let Err(e) = redis_matches(&c, &rooms) {
         assert!(
             Instant::now() < settle,
-            "Redis does not hold exactly the stable members after 20 s: {e}"
+            "Redis does not hold exactly the stable members after {settle_within:?}: {e}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -440,6 +642,7 @@ async fn churn_loses_nothing_and_leaks_nothing() {
     let mut sent: HashMap<(String, String), u64> = HashMap::new();
     let mut got: HashMap<(String, String), Vec<u64>> = HashMap::new();
     let mut errors = Vec::new();
+    let mut resumes = 0;
     for (me, task) in stable_tasks {
         let (s, r) = tokio::time::timeout(DRAIN, task)
             .await
@@ -452,10 +655,12 @@ async fn churn_loses_nothing_and_leaks_nothing() {
             got.insert((from, me.clone()), seqs);
         }
         errors.extend(r.errors.into_iter().map(|e| (me.clone(), e)));
+        resumes += r.resumes;
     }
     assert!(
         errors.is_empty(),
-        "stable members got errors: {:?}",
+        "stable members got {} errors, the first: {:?}",
+        errors.len(),
         &errors[..errors.len().min(10)]
     );
     let mut delivered = 0;
@@ -469,10 +674,14 @@ async fn churn_loses_nothing_and_leaks_nothing() {
         got.values().all(Vec::is_empty),
         "messages nobody sent: {got:?}"
     );
+    if resume_grace.is_some() {
+        assert!(resumes > 0, "no stable member resumed");
+    }
     eprintln!(
         "soak: {} stable members in {room_count} rooms on 3 nodes, {} churners on 4 nodes for {churned:?} \
          (the fourth killed and restarted with its NODE_ID at {restarted_at:?}): \
          {} churn joins, {} closes, {} mid-frame kills, {} replacements; \
+         {resumes} resumes of stable members after a mid-frame kill; \
          {delivered} directed messages between stable members, all in order",
         room_count * STABLE_PER_ROOM,
         room_count * CHURN_PER_ROOM,

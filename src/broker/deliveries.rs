@@ -26,14 +26,40 @@ pub struct LocalSession {
     pub joined_at: String,
     /// The incarnation of this node the session joined under.
     pub run: RunId,
+    /// Its numbering stream (section 11): written back with the record.
+    pub stream: SessionId,
+    /// The last `seq` delivered to it: the member's counter is written back from
+    /// it, so numbering goes on without a gap after Redis lost its state.
+    pub last_seq: u64,
+    /// Digest of its resume token, written back so it stays resumable.
+    pub resume_digest: String,
+}
+
+/// What became of one envelope handed to the local sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A session took it (or it was a duplicate a session had already).
+    Taken,
+    /// No local session wants it.
+    Dropped,
+    /// A numbered frame arrived past a gap: it is held, and the engine must read
+    /// the member's mailbox for the missing ones (then call
+    /// [`Deliveries::gap_filled`]).
+    Gap,
 }
 
 /// What an engine (and the node upkeep) may ask of the node's local sessions.
 /// Implemented by the registry; engines get it as `Arc<dyn Deliveries>`.
 pub trait Deliveries: Send + Sync {
     /// Hands an envelope published on `user`'s channel in `room` to the local
-    /// sessions of that user in that room; whether one took it. Never blocks.
-    fn deliver(&self, room: &str, user: &str, text: &str) -> bool;
+    /// sessions of that user in that room. Never blocks.
+    fn deliver(&self, room: &str, user: &str, text: &str) -> Delivery;
+
+    /// After the engine handed over what the member's mailbox held: a session of
+    /// `user` in `room` still waiting on a gap will never see it filled (the
+    /// mailbox lost it), so it is closed (the client resumes or joins again)
+    /// rather than shown a gap. Returns how many were closed.
+    fn gap_filled(&self, room: &str, user: &str) -> usize;
 
     /// Every (room, user) with a local session: the channels this node needs.
     fn channels(&self) -> Vec<(RoomId, UserId)>;

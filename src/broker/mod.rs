@@ -11,7 +11,7 @@ mod deliveries;
 pub mod memory;
 pub mod redis;
 
-pub use deliveries::{Deliveries, LocalSession};
+pub use deliveries::{Deliveries, Delivery, LocalSession};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +92,53 @@ pub struct JoinRequest {
     pub max_users: Option<u32>,
     /// The incarnation of this node the session is recorded under.
     pub run: crate::incarnation::RunId,
+    /// Digest of the resume token issued to this session (section 11).
+    pub resume_digest: String,
+}
+
+/// A connection asking to take a member's session back (PROTOCOL.md section 11).
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    pub room: RoomId,
+    pub user: UserId,
+    /// The new connection's session id.
+    pub session: SessionId,
+    /// What the client presented: its token's digest and the last `seq` it got.
+    pub ask: crate::resume_token::ResumeAsk,
+    /// Digest of the token issued to the new session.
+    pub new_digest: String,
+    /// The incarnation of this node the session is recorded under.
+    pub run: crate::incarnation::RunId,
+}
+
+/// How a resume ended when the store answered.
+#[derive(Debug)]
+pub enum ResumeResult {
+    /// The session is this connection's now.
+    Resumed(Resumed),
+    /// Not resumable (unknown, used or expired token, grace over, messages lost,
+    /// another room, kicked or replaced meanwhile): nothing was written; the
+    /// connection goes on as an ordinary join.
+    Refused,
+    /// A newer connection of the same user won while this resume ran; this session
+    /// is closed as replaced and nothing of it stays.
+    Superseded,
+}
+
+/// What a successful resume returns.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The member as the room knows it (role and `joined_at` of its first join).
+    pub me: User,
+    /// The other members, ordered by join time.
+    pub members: Vec<Member>,
+    /// The member's numbering stream, kept across resumes.
+    pub stream: SessionId,
+    /// The held frames after the client's `last_seq`, in order: `S` envelopes,
+    /// opened (never sealed).
+    pub replay: Vec<String>,
+    /// The session this resume took over; told to close without a word.
+    pub previous: SessionId,
 }
 
 /// Settings of a room created with `POST /rooms`.
@@ -199,6 +246,31 @@ pub struct EngineSettings<'a> {
     pub room_ttl: Duration,
     /// `PAYLOAD_ENCRYPTION_KEY`, sealing relayed frames in Redis.
     pub payload_key: Option<&'a [u8; 32]>,
+    /// How the engine keeps members resumable.
+    pub resume: ResumeSettings,
+}
+
+/// Resume in an engine (PROTOCOL.md section 11).
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeSettings {
+    /// `RESUME_GRACE_SECONDS`: how long a detached member stays; zero: never detached.
+    pub grace: Duration,
+    /// `RESUME_BUFFER_MESSAGES`: most frames held per member.
+    pub buffer: usize,
+    /// How long a held frame is kept: the grace plus the time a dead connection can
+    /// go unnoticed (two ping intervals) and some slack. Past it nobody can need it.
+    pub hold: Duration,
+}
+
+impl ResumeSettings {
+    /// The settings for a grace, a buffer and the server's ping interval.
+    pub fn new(grace: Duration, buffer: usize, ping_interval: Duration) -> Self {
+        Self {
+            grace,
+            buffer: buffer.max(1),
+            hold: grace + 2 * ping_interval + Duration::from_secs(5),
+        }
+    }
 }
 
 /// The state store as `/stats` shows it.
@@ -236,17 +308,15 @@ impl Broker {
         Ok(match settings.redis {
             Some(target) => Self::Redis(Box::new(redis::RedisBroker::new(
                 target,
-                settings.key_prefix,
-                settings.node_id,
+                &settings,
                 incarnation,
-                settings.room_ttl,
                 deliveries,
-                settings.payload_key,
             )?)),
             None => Self::Memory(memory::MemoryBroker::new(
                 deliveries,
                 settings.node_id,
                 settings.room_ttl,
+                settings.resume,
             )),
         })
     }
@@ -265,6 +335,15 @@ impl Broker {
     pub async fn upkeep(&self, node: NodeStatus, cancel: CancellationToken) {
         match self {
             Self::Redis(b) => b.upkeep(&node, cancel).await,
+            Self::Memory(b) => b.upkeep(cancel).await,
+        }
+    }
+
+    /// Tells the cluster this node is draining: a resume of one of its sessions
+    /// waits until the node has relayed what that client sent before its close.
+    pub async fn draining(&self) {
+        match self {
+            Self::Redis(b) => b.mark_draining().await,
             Self::Memory(_) => {}
         }
     }
@@ -342,6 +421,35 @@ impl Broker {
         match self {
             Self::Redis(b) => b.join(req).await,
             Self::Memory(b) => Ok(b.join(req)),
+        }
+    }
+
+    /// Takes a detached (or still open) member's session over for a new connection,
+    /// replaying what was held for it; see [`ResumeResult`].
+    pub async fn resume(&self, req: &ResumeRequest) -> Result<ResumeResult, BrokerError> {
+        match self {
+            Self::Redis(b) => b.resume(req).await,
+            Self::Memory(b) => Ok(b.resume(req)),
+        }
+    }
+
+    /// A session whose connection ended without the member's decision: with a
+    /// grace the member stays, detached and resumable, and the room hears nothing
+    /// (the grace's end announces `user_left` `timeout`); without one it leaves as
+    /// [`Self::leave`] does. Returns whether the session was still the member's.
+    pub async fn detach(&self, req: &LeaveRequest) -> Result<bool, BrokerError> {
+        match self {
+            Self::Redis(b) => b.detach(req).await,
+            Self::Memory(b) => Ok(b.detach(req)),
+        }
+    }
+
+    /// Looks for frames `user` in `room` missed (a session saw a gap): the Redis
+    /// engine reads the member's mailbox into its local sessions. Never blocks.
+    pub fn fill(&self, room: &RoomId, user: &UserId) {
+        match self {
+            Self::Redis(b) => b.fill(room, user),
+            Self::Memory(_) => {}
         }
     }
 

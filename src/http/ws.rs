@@ -34,6 +34,10 @@ fn write_buffer_bound(max_queue_bytes: usize) -> usize {
 pub(super) struct WsQuery {
     token: Option<String>,
     password: Option<String>,
+    /// A resume token (PROTOCOL.md section 11).
+    resume: Option<String>,
+    /// The last `seq` the resuming client received.
+    last_seq: Option<String>,
 }
 
 /// Whether a request's `Origin` may open sessions. No `Origin` (native apps, servers) is allowed.
@@ -144,6 +148,10 @@ pub(super) async fn upgrade(
     let mut credentials = Credentials {
         claims: None,
         password: query.password,
+        resume: crate::resume_token::ResumeAsk::from_query(
+            query.resume.as_deref(),
+            query.last_seq.as_deref(),
+        ),
     };
     if let Some(verifier) = &state.verifier {
         let token = query.token.as_deref().or_else(|| {

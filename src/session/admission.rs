@@ -15,6 +15,9 @@ pub struct Credentials {
     pub claims: Option<Claims>,
     /// The `password` query parameter.
     pub password: Option<String>,
+    /// `resume` and `last_seq`, when the client asks to resume (the password is
+    /// then only checked if the resume fails and the connection joins anew).
+    pub resume: Option<crate::resume_token::ResumeAsk>,
 }
 
 /// A connection the room accepts.
@@ -41,7 +44,7 @@ pub(super) async fn admit(
     state: &AppState,
     room: &RoomId,
     user: &UserId,
-    credentials: Credentials,
+    credentials: &Credentials,
 ) -> Result<Admitted, Refusal> {
     let meta = match state.broker.room_meta(room).await {
         Ok(meta) => meta.unwrap_or_default(),
@@ -51,7 +54,7 @@ pub(super) async fn admit(
         }
     };
     if let Some(hash) = meta.password_hash.clone() {
-        let password = credentials.password.unwrap_or_default();
+        let password = credentials.password.clone().unwrap_or_default();
         let Ok(matches) = state.passwords.verify(password, hash).await else {
             tracing::warn!("join refused: every room-password check stayed busy");
             return Err(Refusal {

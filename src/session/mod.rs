@@ -17,14 +17,17 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tracing::Instrument;
 
-use crate::broker::{JoinRequest, JoinResult, LeaveRequest};
+use crate::broker::{
+    Delivery, JoinRequest, JoinResult, LeaveRequest, Member, ResumeRequest, ResumeResult,
+};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::outbox::{self, CloseReason, Inbox, Outbox};
 use crate::protocol::{
-    close_code, echo_fields, error_frame, now_rfc3339_millis, room_users_frame, ErrorCode,
-    LeaveReason, Role,
+    close_code, echo_fields, error_frame, now_rfc3339_millis, room_users_frame, shutdown_frame,
+    ErrorCode, LeaveReason, Role, SessionInfo, User,
 };
-use crate::registry::SessionHandle;
+use crate::registry::{Numbering, SessionHandle};
+use crate::resume_token::{self, IssuedToken, ResumeAsk};
 use crate::state::{AppState, ConnectionSlot};
 pub use admission::Credentials;
 
@@ -57,6 +60,10 @@ struct Ending {
     /// The `user_left` reason, or `None` when the room must not hear of it
     /// (a replaced session: its successor's join already told the room).
     leave: Option<LeaveReason>,
+    /// Whether the member did not decide this (PROTOCOL.md section 11): it is
+    /// detached, resumable, instead of leaving (when resume is on; `leave` is
+    /// the reason it leaves with otherwise, and when its grace ends it is `timeout`).
+    detach: bool,
 }
 
 impl End {
@@ -75,10 +82,18 @@ impl End {
                 error,
                 close,
                 leave,
+                detach: false,
+            }
+        }
+        const fn detached(ending: Ending) -> Ending {
+            Ending {
+                detach: true,
+                ..ending
             }
         }
         match self {
-            End::ClientClosed | End::ClientGone => row(None, None, Some(L::Left)),
+            End::ClientClosed => row(None, None, Some(L::Left)),
+            End::ClientGone => detached(row(None, None, Some(L::Left))),
             End::TooBig => row(
                 None,
                 Some((close_code::TOO_BIG, "message too big")),
@@ -95,33 +110,45 @@ impl End {
                 Some((close_code::KICKED, "kicked")),
                 Some(L::Kicked),
             ),
-            End::Closed(C::SlowConsumer) => row(
+            End::Closed(C::SlowConsumer) => detached(row(
                 Some(E::SlowConsumer),
                 Some((close_code::SLOW_CONSUMER, "outbound queue overflowed")),
                 Some(L::Timeout),
-            ),
-            End::Closed(C::Shutdown) => row(
+            )),
+            End::Closed(C::Shutdown) => detached(row(
                 Some(E::Shutdown),
                 Some((close_code::GOING_AWAY, "node shutting down; reconnect")),
                 Some(L::Shutdown),
-            ),
-            End::Closed(C::Timeout) => row(
+            )),
+            End::Closed(C::Timeout) => detached(row(
                 Some(E::Timeout),
                 Some((close_code::TIMEOUT, "no answer to pings")),
                 Some(L::Timeout),
-            ),
+            )),
+            End::Closed(C::Lost) => detached(row(
+                Some(E::Unavailable),
+                Some((
+                    close_code::TRY_AGAIN_LATER,
+                    "messages for this connection were lost; reconnect",
+                )),
+                Some(L::Timeout),
+            )),
+            // The member took its session to another connection: this one just ends.
+            End::Closed(C::Resumed) => row(None, None, None),
             End::Closed(C::RateLimited) => row(
                 Some(E::RateLimited),
                 Some((close_code::RATE_LIMITED, "sustained rate-limit abuse")),
                 Some(L::Left),
             ),
+            // The survivor that declared this node dead already removed or
+            // detached its members: nothing is left to do in the store.
             End::Closed(C::NodeExpired) => row(
                 Some(E::Unavailable),
                 Some((
                     close_code::TRY_AGAIN_LATER,
                     "this node lost its cluster membership; reconnect",
                 )),
-                Some(L::Timeout),
+                None,
             ),
         }
     }
@@ -158,10 +185,15 @@ async fn serve(
     credentials: Credentials,
     slot: ConnectionSlot,
 ) {
-    tracing::info!("connected");
-    let admitted = match admission::admit(&state, &room, &user, credentials).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => return reject(socket, refusal.code, refusal.close, refusal.text).await,
+    tracing::info!(resume = credentials.resume.is_some(), "connected");
+    // Without a resume the room's rules come first, before anything is written; a
+    // resume skips them (the token stands for the password) unless it fails.
+    let mut admitted = match credentials.resume {
+        Some(_) => None,
+        None => match admission::admit(&state, &room, &user, &credentials).await {
+            Ok(admitted) => Some(admitted),
+            Err(refusal) => return reject(socket, refusal.code, refusal.close, refusal.text).await,
+        },
     };
     // The run this session is recorded under. Checked again after the insert below.
     let Some(run) = state.registered_run() else {
@@ -169,22 +201,15 @@ async fn serve(
         return reject(socket, refusal.code, refusal.close, refusal.text).await;
     };
     let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
-    let request = JoinRequest {
-        room: room.clone(),
-        user: user.clone(),
-        session,
-        role: admitted.role,
-        joined_at: now_rfc3339_millis(),
-        max_users: admitted.max_users,
-        run,
-    };
+    let issued = resume_token::issue();
     let handle = SessionHandle {
         session_id: session,
         room_id: room.clone(),
         outbox: outbox.clone(),
-        joined_at: request.joined_at.clone(),
-        role: request.role,
+        joined_at: now_rfc3339_millis(),
+        role: Role::Peer,
         run,
+        resume_digest: issued.digest.clone(),
     };
     // An older local session of this user stays open: if this join wins, the
     // join itself tells that session to close; if it is refused, nothing changed.
@@ -207,27 +232,216 @@ async fn serve(
         let refusal = admission::STORE_DOWN;
         return reject(socket, refusal.code, refusal.close, refusal.text).await;
     }
+
+    let start = match &credentials.resume {
+        Some(ask) => try_resume(&state, &room, &user, session, run, ask, &issued).await,
+        None => Ok(None),
+    };
+    let start = match start {
+        Ok(Some(resumed)) => resumed,
+        Ok(None) => {
+            let admitted = match admitted.take() {
+                Some(admitted) => Ok(admitted),
+                None => admission::admit(&state, &room, &user, &credentials).await,
+            };
+            let admitted = match admitted {
+                Ok(admitted) => admitted,
+                Err(refusal) => {
+                    forget(&state, &user, session).await;
+                    return reject(socket, refusal.code, refusal.close, refusal.text).await;
+                }
+            };
+            match join(&state, &room, &user, session, run, &admitted, &issued).await {
+                Ok(joined) => joined,
+                Err(refusal) => {
+                    forget(&state, &user, session).await;
+                    return reject(socket, refusal.code, refusal.close, refusal.text).await;
+                }
+            }
+        }
+        Err(refusal) => {
+            forget(&state, &user, session).await;
+            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+        }
+    };
+
+    // Deliveries that arrived meanwhile were held; they are released behind
+    // `room_users`: the replay first, then live frames, merged by `seq`, and
+    // membership filtered against the snapshot.
+    let users: Vec<_> = start.members.iter().map(|(u, _)| u.clone()).collect();
+    let info = SessionInfo {
+        resume_token: &issued.token,
+        resume_seconds: state.config.resume_grace.as_secs(),
+        resumed: start.resumed,
+    };
+    let first = room_users_frame(&room, &start.me, &users, &info, &[]);
+    let activated = state.registry.activate(
+        &user,
+        session,
+        &start.me,
+        &start.members,
+        start.numbering,
+        &start.replay,
+    );
+    if activated == Delivery::Gap {
+        state.broker.fill(&room, &user);
+    }
+    let role = start.me.role;
+    let end = match socket.send(Message::Text(first.into())).await {
+        Ok(()) => pump(socket, &state, &room, &user, role, &outbox, &mut inbox).await,
+        Err(_) => (End::ClientGone, None),
+    };
+    let (end, socket) = end;
+    inbox.seal();
+    let ending = end.ending();
+    let farewell_to = |socket: FarewellSocket, close: u16, text: &'static str| {
+        farewell(
+            socket,
+            ending.error,
+            close,
+            text,
+            &state,
+            &room,
+            &user,
+            role,
+            &outbox,
+        )
+    };
+    // A drained client gets its farewell first: what it sent before it read the
+    // close is relayed before the member is detached (section 11). Any other
+    // ending is settled in the store first, so the room hears of it at once.
+    let mut socket = match (socket, ending.close) {
+        (Some(socket), Some((close, text))) if end == End::Closed(CloseReason::Shutdown) => {
+            farewell_to(socket, close, text).await;
+            None
+        }
+        (socket, _) => socket,
+    };
+    // The client is gone or being told goodbye: its place under MAX_CONNECTIONS
+    // is free now, not after the Redis cleanup below (several round trips).
+    drop(slot);
+
+    // Off the registry before leaving Redis: re-registration after a Redis restart
+    // works from the registry, and must never write back a session that is leaving.
+    forget(&state, &user, session).await;
+    match (ending.detach, ending.leave) {
+        (true, Some(reason)) => detach(&state, &room, &user, session, reason).await,
+        (false, Some(reason)) => leave(&state, &room, &user, session, reason).await,
+        (_, None) => state.broker.forget_session(session).await,
+    }
+    if let (Some(socket), Some((close, text))) = (socket.take(), ending.close) {
+        farewell_to(socket, close, text).await;
+    }
+    tracing::info!(reason = ?end, "disconnected");
+}
+
+/// Where a session starts once the store accepted it.
+struct Start {
+    /// The member as the room sees it.
+    me: User,
+    /// The other members and their sessions.
+    members: Vec<Member>,
+    /// Where its `seq` goes on from.
+    numbering: Numbering,
+    /// Held frames to write first (a resume's).
+    replay: Vec<String>,
+    /// Whether it resumed a session.
+    resumed: bool,
+}
+
+/// Tries to take the member's session over. `Ok(None)`: not resumable, the
+/// connection joins as usual; `Err`: it is refused.
+async fn try_resume(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    session: SessionId,
+    run: crate::incarnation::RunId,
+    ask: &ResumeAsk,
+    issued: &IssuedToken,
+) -> Result<Option<Start>, admission::Refusal> {
+    let request = ResumeRequest {
+        room: room.clone(),
+        user: user.clone(),
+        session,
+        ask: ask.clone(),
+        new_digest: issued.digest.clone(),
+        run,
+    };
+    match state.broker.resume(&request).await {
+        Ok(ResumeResult::Resumed(resumed)) => {
+            crate::metrics::resumed("resumed");
+            tracing::info!(
+                last_seq = ask.last_seq,
+                replayed = resumed.replay.len(),
+                previous_session = %resumed.previous,
+                "resumed"
+            );
+            Ok(Some(Start {
+                me: resumed.me,
+                members: resumed.members,
+                numbering: Numbering {
+                    stream: resumed.stream,
+                    last_seq: ask.last_seq,
+                },
+                replay: resumed.replay,
+                resumed: true,
+            }))
+        }
+        Ok(ResumeResult::Refused) => {
+            crate::metrics::resumed("refused");
+            tracing::info!("resume refused (token, grace or held messages); joining anew");
+            Ok(None)
+        }
+        Ok(ResumeResult::Superseded) => {
+            crate::metrics::resumed("superseded");
+            tracing::info!("resume lost the race to a newer connection of the same user");
+            Err(admission::SUPERSEDED)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "resume failed");
+            // The room step may have run with its reply lost: undo it (session-guarded).
+            leave(state, room, user, session, LeaveReason::Left).await;
+            Err(admission::STORE_DOWN)
+        }
+    }
+}
+
+/// An ordinary join: the member's numbering starts at 1.
+async fn join(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    session: SessionId,
+    run: crate::incarnation::RunId,
+    admitted: &admission::Admitted,
+    issued: &IssuedToken,
+) -> Result<Start, admission::Refusal> {
+    let request = JoinRequest {
+        room: room.clone(),
+        user: user.clone(),
+        session,
+        role: admitted.role,
+        joined_at: now_rfc3339_millis(),
+        max_users: admitted.max_users,
+        run,
+        resume_digest: issued.digest.clone(),
+    };
     let joined = match state.broker.join(&request).await {
         Ok(JoinResult::Joined(joined)) => joined,
         Ok(JoinResult::Full) => {
             tracing::info!("join refused: room full");
-            forget(&state, &user, session).await;
-            let refusal = admission::ROOM_FULL;
-            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+            return Err(admission::ROOM_FULL);
         }
         Ok(JoinResult::Superseded) => {
             tracing::info!("join lost the race to a newer connection of the same user");
-            forget(&state, &user, session).await;
-            let refusal = admission::SUPERSEDED;
-            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+            return Err(admission::SUPERSEDED);
         }
         Err(e) => {
             tracing::warn!(error = %e, "join failed");
             // The script may have run with its reply lost: undo it (session-guarded).
-            forget(&state, &user, session).await;
-            leave(&state, &room, &user, session, LeaveReason::Left).await;
-            let refusal = admission::STORE_DOWN;
-            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+            leave(state, room, user, session, LeaveReason::Left).await;
+            return Err(admission::STORE_DOWN);
         }
     };
     crate::metrics::joined();
@@ -236,45 +450,16 @@ async fn serve(
         replaced = joined.replaced.is_some(),
         "joined"
     );
-
-    // Deliveries that arrived meanwhile were held; they are released behind
-    // `room_users`, filtered against its snapshot.
-    let users: Vec<_> = joined.members.iter().map(|(u, _)| u.clone()).collect();
-    let first = room_users_frame(&room, &request.user_object(), &users);
-    state.registry.activate(&user, session, &joined.members);
-    let end = match socket.send(Message::Text(first.into())).await {
-        Ok(()) => {
-            pump(
-                socket,
-                &state,
-                &room,
-                &user,
-                request.role,
-                &outbox,
-                &mut inbox,
-            )
-            .await
-        }
-        Err(_) => (End::ClientGone, None),
-    };
-    let (end, socket) = end;
-    inbox.seal();
-    // The client is gone or being told goodbye: its place under MAX_CONNECTIONS is
-    // free now, not after the Redis cleanup below (several round trips).
-    drop(slot);
-
-    // Off the registry before leaving Redis: re-registration after a Redis restart
-    // works from the registry, and must never write back a session that is leaving.
-    forget(&state, &user, session).await;
-    let ending = end.ending();
-    match ending.leave {
-        Some(reason) => leave(&state, &room, &user, session, reason).await,
-        None => state.broker.forget_session(session).await,
-    }
-    if let (Some(socket), Some((close, text))) = (socket, ending.close) {
-        farewell(socket, ending.error, close, text).await;
-    }
-    tracing::info!(reason = ?end, "disconnected");
+    Ok(Start {
+        me: request.user_object(),
+        members: joined.members,
+        numbering: Numbering {
+            stream: session,
+            last_seq: 0,
+        },
+        replay: Vec::new(),
+        resumed: false,
+    })
 }
 
 /// Runs reader and writer until one ends or the session is closed. Returns the
@@ -305,7 +490,15 @@ async fn pump(
     // alive) would park the writer forever.
     let write_stall = 2 * ping;
     let reader = async {
-        while let Some(msg) = stream.next().await {
+        loop {
+            // A close request is taken between frames, never during a relay: a
+            // frame the client sent before it was told to close still goes out.
+            let msg = tokio::select! {
+                biased;
+                _ = closed.cancelled() => return End::Closed(CloseReason::Shutdown),
+                msg = stream.next() => msg,
+            };
+            let Some(msg) = msg else { break };
             let now = Instant::now();
             state.stats.frame_in();
             last_seen.store(millis_since(started, now), Ordering::Relaxed);
@@ -393,7 +586,6 @@ async fn pump(
     let end = tokio::select! {
         end = reader => end,
         end = writer => end,
-        _ = closed.cancelled() => End::Closed(CloseReason::Shutdown),
     };
     let end = match (end, inbox.close_reason()) {
         // A close request wins over whatever the halves were doing when it came.
@@ -407,7 +599,7 @@ async fn pump(
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.flush()).await;
             None
         }
-        _ => Some(FarewellSocket { sink }),
+        _ => Some(FarewellSocket { sink, stream }),
     };
     (end, socket)
 }
@@ -423,9 +615,11 @@ fn millis_since(start: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The writing half of a socket, kept for the last frames.
+/// The socket's halves, kept for the last frames (and, in a drain, the reads
+/// until the client's close reply).
 struct FarewellSocket {
     sink: futures::stream::SplitSink<WebSocket, Message>,
+    stream: futures::stream::SplitStream<WebSocket>,
 }
 
 fn classify(e: axum::Error) -> End {
@@ -434,6 +628,11 @@ fn classify(e: axum::Error) -> End {
             tungstenite::Error::Capacity(_) => End::TooBig,
             // The socket's write buffer (replies to pings included) is at its bound.
             tungstenite::Error::WriteBufferFull(_) => End::Closed(CloseReason::SlowConsumer),
+            // The TCP connection ended without a close frame: the network dropped
+            // it or the client vanished, not the member's decision.
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => End::ClientGone,
             tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => End::ProtocolViolation,
             _ => End::ClientGone,
         },
@@ -441,27 +640,78 @@ fn classify(e: axum::Error) -> End {
     }
 }
 
-/// Sends the error frame (if any) and the close frame, bounded in time.
+/// Sends the error frame (if any) and the close frame, bounded in time. A drained
+/// client's error carries `retry_after_ms`, and what it sent before it read the
+/// close is still relayed, until its close reply (section 11).
+#[allow(clippy::too_many_arguments)]
 async fn farewell(
     mut socket: FarewellSocket,
     code: Option<ErrorCode>,
     close: u16,
     text: &'static str,
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    role: Role,
+    outbox: &Outbox,
 ) {
     if let Some(code) = code {
         crate::metrics::error_sent(code.as_str());
     }
     crate::metrics::closed(close);
+    let draining = code == Some(ErrorCode::Shutdown);
     let send = async {
-        if let Some(code) = code {
-            socket
-                .sink
-                .send(Message::Text(error_frame(code, text, None, None).into()))
-                .await?;
+        match code {
+            Some(ErrorCode::Shutdown) => {
+                let frame = shutdown_frame(text, retry_after_ms());
+                socket.sink.send(Message::Text(frame.into())).await?;
+            }
+            Some(code) => {
+                let frame = error_frame(code, text, None, None);
+                socket.sink.send(Message::Text(frame.into())).await?;
+            }
+            None => {}
         }
         socket.sink.send(close_message(close, text)).await
     };
-    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
+    if !matches!(
+        tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    // The closing handshake: the connection stays until the client's close reply
+    // (bounded), so a client that reads late still finds the error and the close
+    // code instead of a reset. Only a drained client's frames are still relayed.
+    let reads = async {
+        while let Some(Ok(msg)) = socket.stream.next().await {
+            match msg {
+                Message::Text(text) if draining => {
+                    relay::handle_text(state, room, user, role, outbox, text.as_str()).await
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_REPLY_TIMEOUT, reads)
+        .await
+        .is_err()
+        && draining
+    {
+        tracing::info!("drain: no close reply from the client in time");
+    }
+}
+
+/// How long a closed client has to answer the close; during a drain what it
+/// sends until then is relayed.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `retry_after_ms` of a `shutdown` error: random in 0..=1000 per client, so a
+/// drained node's clients do not all reconnect at once.
+fn retry_after_ms() -> u64 {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    u64::from(chacha20poly1305::aead::OsRng.next_u32() % 1001)
 }
 
 fn close_message(code: u16, reason: &'static str) -> Message {
@@ -482,6 +732,39 @@ pub async fn reject(mut socket: WebSocket, code: ErrorCode, close: u16, text: &'
         socket.send(close_message(close, text)).await
     };
     let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
+}
+
+/// The member stays, detached, for the grace (or leaves with `reason` when
+/// resume is off); failures are logged, never fatal.
+async fn detach(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    session: SessionId,
+    reason: LeaveReason,
+) {
+    if state.config.resume_grace.is_zero() {
+        return leave(state, room, user, session, reason).await;
+    }
+    let request = LeaveRequest {
+        room: room.clone(),
+        user: user.clone(),
+        session,
+        reason,
+    };
+    match state.broker.detach(&request).await {
+        Ok(true) => {
+            crate::metrics::detached(reason.as_str());
+            tracing::info!(
+                grace_seconds = state.config.resume_grace.as_secs(),
+                "detached: resumable until the grace ends"
+            );
+        }
+        Ok(false) => {
+            tracing::debug!("detach skipped: the member's state belongs to another session")
+        }
+        Err(e) => tracing::warn!(error = %e, "detach failed; the keys expire with their TTL"),
+    }
 }
 
 /// Session-guarded removal from the room; failures are logged, never fatal.

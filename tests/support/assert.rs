@@ -25,6 +25,13 @@ pub fn relayed(kind: &str, from: &str, target: Option<&str>, payload: Value) -> 
     }
 }
 
+/// `frame` (a relayed frame) with its `seq`, for clients that keep it (PROTOCOL.md
+/// section 4, v2); [`super::client::TestClient`] checks and removes it instead.
+pub fn with_seq(mut frame: Value, seq: u64) -> Value {
+    frame["seq"] = json!(seq);
+    frame
+}
+
 /// The keys of a JSON object, sorted.
 #[track_caller]
 pub fn key_set(value: &Value) -> BTreeSet<String> {
@@ -97,10 +104,56 @@ pub fn sorted_users(users: &Value) -> Vec<Value> {
     list
 }
 
+/// Asserts `room_users.payload.session` (PROTOCOL.md sections 2 and 11, v2):
+/// exactly `resume_token` (opaque text long enough for 128 random bits),
+/// `resume_seconds` (a non-negative integer, `resume_seconds` when given) and
+/// `resumed`; returns the token.
+#[track_caller]
+pub fn assert_session(payload: &Value, resumed: bool, resume_seconds: Option<u64>) -> String {
+    let session = &payload["session"];
+    assert_keys(
+        session,
+        &["resume_token", "resume_seconds", "resumed"],
+        &format!("room_users session {session}"),
+    );
+    let token = session["resume_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("resume_token must be a string in {session}"));
+    assert!(
+        token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+        "resume_token {token:?} is too short for 128 random bits, or not printable ASCII"
+    );
+    let seconds = session["resume_seconds"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("resume_seconds must be a non-negative integer in {session}"));
+    if let Some(expected) = resume_seconds {
+        assert_eq!(seconds, expected, "resume_seconds in {session}");
+    }
+    assert_eq!(
+        session["resumed"],
+        Value::Bool(resumed),
+        "session.resumed in {session}"
+    );
+    token.to_owned()
+}
+
 /// Asserts a `room_users` frame for `user` in `room` whose `users` are exactly
-/// `others` (any order); returns the newcomer's own USER (`self`).
+/// `others` (any order), with a fresh (not resumed) `session` and an `ice_servers`
+/// array; returns the newcomer's own USER (`self`).
 #[track_caller]
 pub fn assert_room_users(frame: &Value, room: &str, user: &str, others: &[&Value]) -> Value {
+    assert_room_users_session(frame, room, user, others, false)
+}
+
+/// [`assert_room_users`] for a session that is `resumed` or not.
+#[track_caller]
+pub fn assert_room_users_session(
+    frame: &Value,
+    room: &str,
+    user: &str,
+    others: &[&Value],
+    resumed: bool,
+) -> Value {
     assert_keys(
         frame,
         &["type", "payload"],
@@ -110,10 +163,15 @@ pub fn assert_room_users(frame: &Value, room: &str, user: &str, others: &[&Value
     let payload = &frame["payload"];
     assert_keys(
         payload,
-        &["room_id", "self", "users"],
+        &["room_id", "self", "users", "session", "ice_servers"],
         &format!("room_users payload {payload}"),
     );
     assert_eq!(payload["room_id"], room, "room_users room_id");
+    assert_session(payload, resumed, None);
+    assert!(
+        payload["ice_servers"].is_array(),
+        "room_users ice_servers must be an array in {payload}"
+    );
     assert_user(&payload["self"], user, room);
     let users = sorted_users(&payload["users"]);
     for listed in &users {

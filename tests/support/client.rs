@@ -29,10 +29,65 @@ pub enum Event {
 }
 
 /// A WebSocket client with bounded waits and precise failure messages.
+///
+/// Every text frame it reads goes through [`SeqCheck`]: a relayed frame (one with
+/// `from`) must carry `seq` (PROTOCOL.md section 4, v2), the next of the connection,
+/// and any other frame none; a violation panics naming the client. The frame is then
+/// handed to the test without `seq`, so that exact expectations built with
+/// [`super::assert::relayed`] stay exact on every other field.
 pub struct TestClient {
     ws: Ws,
     /// `user@room` (or the URL), to say which client failed.
     label: String,
+    seq: SeqCheck,
+}
+
+/// What one connection has seen of `seq`.
+#[derive(Debug, Default)]
+struct SeqCheck {
+    /// The last `seq` received. `None` before `room_users`, and after a resumed one
+    /// (the first relayed frame then sets it; [`super::resume::ResumingClient`]
+    /// checks resumed sessions against its own `last_seq`).
+    last: Option<u64>,
+    /// Contiguity is checked by someone else (the resuming client records gaps
+    /// instead of panicking); presence of `seq` is still checked.
+    contiguity_off: bool,
+}
+
+impl SeqCheck {
+    /// Checks one parsed frame; returns the relayed frame's `seq`, if it is one.
+    fn observe(&mut self, frame: &Value, label: &str) -> Option<u64> {
+        let object = frame.as_object()?;
+        if object.get("type").and_then(Value::as_str) == Some("room_users") {
+            let resumed = frame["payload"]["session"]["resumed"] == Value::Bool(true);
+            self.last = if resumed { None } else { Some(0) };
+        }
+        if !object.contains_key("from") {
+            assert!(
+                !object.contains_key("seq"),
+                "{label}: only relayed frames carry seq, got {frame}"
+            );
+            return None;
+        }
+        let seq = object
+            .get("seq")
+            .and_then(Value::as_u64)
+            .filter(|&seq| seq >= 1)
+            .unwrap_or_else(|| {
+                panic!("{label}: a relayed frame must carry a positive integer seq, got {frame}")
+            });
+        if !self.contiguity_off {
+            if let Some(last) = self.last {
+                assert_eq!(
+                    seq,
+                    last + 1,
+                    "{label}: seq must follow {last} without gap or repeat, got {frame}"
+                );
+            }
+        }
+        self.last = Some(seq);
+        Some(seq)
+    }
 }
 
 impl TestClient {
@@ -42,9 +97,24 @@ impl TestClient {
             .await
             .unwrap_or_else(|_| panic!("timed out connecting to {url}"))
             .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
+        Self::from_ws(ws, url)
+    }
+
+    fn from_ws(ws: Ws, label: &str) -> Self {
         Self {
             ws,
-            label: url.to_owned(),
+            label: label.to_owned(),
+            seq: SeqCheck::default(),
+        }
+    }
+
+    /// Opens a WebSocket to `url`; `Err` (naming the URL) when the connection or the
+    /// upgrade fails or times out, e.g. on a node that is going away.
+    pub async fn try_connect(url: &str) -> Result<Self, String> {
+        match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+            Err(_) => Err(format!("timed out connecting to {url}")),
+            Ok(Err(e)) => Err(format!("WebSocket connect to {url} failed: {e}")),
+            Ok(Ok((ws, _response))) => Ok(Self::from_ws(ws, url)),
         }
     }
 
@@ -64,6 +134,49 @@ impl TestClient {
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    pub fn set_label(&mut self, label: impl Into<String>) {
+        self.label = label.into();
+    }
+
+    /// The `seq` of the last relayed frame this connection received (`Some(0)` after
+    /// a fresh `room_users` and before any relayed frame).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.seq.last
+    }
+
+    /// Leaves `seq` contiguity to the caller (presence is still checked).
+    pub(super) fn leave_seq_contiguity_to_caller(&mut self) {
+        self.seq.contiguity_off = true;
+    }
+
+    /// Ends the connection the way a lost network does for the server: the TCP
+    /// socket goes away without a WebSocket close frame.
+    pub fn drop_without_close(self) {
+        drop(self.ws);
+    }
+
+    /// Dies in the middle of a frame: a masked text frame header promising 100 bytes,
+    /// 3 of them written, then the socket goes away without a close frame.
+    pub async fn drop_mid_frame(mut self) {
+        use tokio::io::AsyncWriteExt;
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_mut() {
+            let _ = tcp
+                .write_all(&[0x81, 0xE4, 1, 2, 3, 4, b'{', b'"', b't'])
+                .await;
+        }
+        drop(self.ws);
+    }
+
+    /// Like [`TestClient::drop_without_close`], but the socket is reset (RST, through
+    /// `SO_LINGER` 0) instead of shut down (FIN).
+    pub fn reset_without_close(mut self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_mut() {
+            tcp.set_zero_linger()
+                .unwrap_or_else(|e| panic!("{}: set SO_LINGER 0: {e}", self.label));
+        }
+        drop(self.ws);
     }
 
     pub async fn send_json(&mut self, frame: Value) {
@@ -101,7 +214,32 @@ impl TestClient {
     }
 
     /// The next frame that is not a WebSocket ping/pong, or `None` after `within`.
+    /// A relayed frame's `seq` is checked and removed (see [`TestClient`]).
     pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        self.next_event_seq(within, true).await
+    }
+
+    /// Like [`TestClient::next_event`], but relayed frames keep their `seq`.
+    pub async fn next_event_keeping_seq(&mut self, within: Duration) -> Option<Event> {
+        self.next_event_seq(within, false).await
+    }
+
+    /// A text frame through the [`SeqCheck`]; without `seq` when `strip` and it is relayed.
+    fn observe_text(&mut self, text: String, strip: bool) -> String {
+        let Ok(mut frame) = serde_json::from_str::<Value>(&text) else {
+            return text;
+        };
+        let relayed = self.seq.observe(&frame, &self.label).is_some();
+        if !(relayed && strip) {
+            return text;
+        }
+        if let Some(object) = frame.as_object_mut() {
+            object.remove("seq");
+        }
+        frame.to_string()
+    }
+
+    async fn next_event_seq(&mut self, within: Duration, strip: bool) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
@@ -110,7 +248,9 @@ impl TestClient {
             return Some(match next {
                 None => Event::Ended("stream ended".into()),
                 Some(Err(e)) => Event::Ended(format!("error: {e}")),
-                Some(Ok(Message::Text(text))) => Event::Text(text.to_string()),
+                Some(Ok(Message::Text(text))) => {
+                    Event::Text(self.observe_text(text.to_string(), strip))
+                }
                 Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes.to_vec()),
                 Some(Ok(Message::Close(frame))) => {
                     Event::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
@@ -233,6 +373,28 @@ impl TestClient {
         self.wait_closed().await;
     }
 
+    /// Answers the server's close frame (already received): sends the close reply and
+    /// waits (bounded by TIMEOUT) for the end of the connection. Errors are ignored:
+    /// the server may already have dropped the socket.
+    pub async fn answer_close(&mut self) {
+        let _ = tokio::time::timeout(TIMEOUT, self.ws.close(None)).await;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
+    }
+
+    /// Like [`TestClient::close`], but a failure (the server already closed or
+    /// dropped the connection) is returned instead of panicking.
+    pub async fn try_close(mut self) -> Result<(), String> {
+        match tokio::time::timeout(TIMEOUT, self.ws.close(None)).await {
+            Err(_) => return Err(format!("{}: sending close timed out", self.label)),
+            Ok(Err(e)) => return Err(format!("{}: sending close failed: {e}", self.label)),
+            Ok(Ok(())) => {}
+        }
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
+        Ok(())
+    }
+
     /// Waits (bounded) until the server ends the connection, discarding frames.
     pub async fn wait_closed(&mut self) {
         let deadline = Instant::now() + TIMEOUT;
@@ -275,10 +437,7 @@ impl TestClient {
         }
         match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request)).await {
             Err(_) => panic!("timed out connecting to {url}"),
-            Ok(Ok((ws, _response))) => Ok(Self {
-                ws,
-                label: url.to_owned(),
-            }),
+            Ok(Ok((ws, _response))) => Ok(Self::from_ws(ws, url)),
             Ok(Err(WsError::Http(response))) => {
                 let body = response
                     .body()
@@ -357,10 +516,10 @@ impl TestClient {
         .await
         .unwrap_or_else(|_| panic!("timed out upgrading {url}"))
         .unwrap_or_else(|e| panic!("WebSocket upgrade of {url} failed: {e}"));
-        let mut client = Self {
+        let mut client = Self::from_ws(
             ws,
-            label: format!("{user}@{room} on {} (small buffer)", node.node_id()),
-        };
+            &format!("{user}@{room} on {} (small buffer)", node.node_id()),
+        );
         let frame = client.recv_json().await;
         assert_eq!(
             frame["type"], "room_users",

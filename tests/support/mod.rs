@@ -8,7 +8,8 @@
 //! One submodule per topic, all re-exported here (`use support::*;`): `util`
 //! (timeouts, ids, ports, polling, temp dirs), `redis`, `node`, `http`, `cluster`,
 //! `client` (WebSocket), `assert` (frame builders and shapes), `proxy` (freezable
-//! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `tls`; and
+//! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `resume` (a client that
+//! resumes its session, PROTOCOL.md section 11), `tls`; and
 //! `security`, helpers of the security suites, used as `support::security::*`.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
@@ -20,6 +21,7 @@ mod node;
 mod proxy;
 mod redis;
 mod redis_watch;
+mod resume;
 pub mod security;
 mod tls;
 mod util;
@@ -41,6 +43,8 @@ pub use proxy::*;
 pub use redis::*;
 #[allow(unused_imports)]
 pub use redis_watch::*;
+#[allow(unused_imports)]
+pub use resume::*;
 #[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]

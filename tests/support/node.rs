@@ -53,7 +53,21 @@ const CONFIG_VARS: &[&str] = &[
     "HTTP_HEADER_TIMEOUT_SECONDS",
     "HTTP_IDLE_TIMEOUT_SECONDS",
     "MAX_PENDING_CONNECTIONS",
+    "RESUME_GRACE_SECONDS",
+    "RESUME_BUFFER_MESSAGES",
+    "REDIS_MODE",
+    "REDIS_SENTINEL_MASTER",
+    "ICE_SERVERS",
+    "TURN_URLS",
+    "TURN_SECRET",
+    "TURN_TTL_SECONDS",
 ];
+
+/// `RESUME_GRACE_SECONDS` of every spawned node unless `SIGNAL_TEST_NODE_ENV` or the
+/// test's `extra_env` sets it: resume off, so that the suites written before resume
+/// keep testing what PROTOCOL.md section 11 says grace 0 preserves exactly (a drop is
+/// a leave at once). The resume tests set their grace explicitly.
+pub const DEFAULT_TEST_RESUME_GRACE: &str = "0";
 
 /// One `signal-node` process. Its stdout and stderr go to a log file, printed when
 /// the test fails and deleted otherwise. Killed on drop.
@@ -67,7 +81,7 @@ impl TestNode {
     /// Spawns a node and waits until `GET /readyz` answers 200.
     ///
     /// `redis: None` runs it standalone. `extra_env` is applied last, so it can
-    /// override anything.
+    /// override anything (including the harness's `RESUME_GRACE_SECONDS=0`).
     pub async fn start(
         redis: Option<&RedisServer>,
         prefix: &str,
@@ -140,7 +154,8 @@ impl TestNode {
             .env("PORT", port.to_string())
             .env("NODE_ID", &node_id)
             .env("KEY_PREFIX", prefix)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env("RESUME_GRACE_SECONDS", DEFAULT_TEST_RESUME_GRACE);
         if let Some(redis) = redis {
             cmd.env("REDIS_URL", redis.url());
         }

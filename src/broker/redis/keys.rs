@@ -101,6 +101,31 @@ impl Keys {
         format!("{}{user}", self.room_channel_prefix(room))
     }
 
+    /// `P room:{room_id}:seq`: hash user_id -> the last `seq` given to that member
+    /// (PROTOCOL.md section 4), in the room's slot so a relay numbers in one step.
+    pub fn room_seq(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:seq", self.prefix)
+    }
+
+    /// `P room:{room_id}:mb:user_id`: list of the member's recent numbered frames
+    /// (`S` envelopes, oldest first), replayed on resume and read to fill gaps.
+    /// Trimmed to `RESUME_BUFFER_MESSAGES` and by age, expiring when idle.
+    pub fn mailbox(&self, room: &str, user: &str) -> String {
+        format!("{}{user}", self.room_mailbox_prefix(room))
+    }
+
+    /// What every mailbox of `room` starts with (broadcast scripts append ids).
+    pub fn room_mailbox_prefix(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:mb:", self.prefix)
+    }
+
+    /// `P cluster:{detached}`: sorted set of detached sessions by the Unix ms their
+    /// grace ends (member `room user session`), swept by every node, so a grace
+    /// ends even when the node that detached the member is gone.
+    pub fn detached(&self) -> String {
+        format!("{}cluster:{{detached}}", self.prefix)
+    }
+
     /// What every delivery channel of `room` starts with; scripts that publish to
     /// each member append the member's id (they never learn the layout).
     pub fn room_channel_prefix(&self, room: &str) -> String {
@@ -139,7 +164,8 @@ impl Keys {
     }
 
     /// `P node:{id}`: the node's heartbeat, a hash with `run` (the incarnation that
-    /// beats) and `info` (JSON for `GET /nodes`), with a short TTL.
+    /// beats), `info` (JSON for `GET /nodes`) and, while that run drains,
+    /// `draining` (the run again), with a short TTL.
     pub fn node(&self, node: &str) -> String {
         format!("{}node:{{{node}}}", self.prefix)
     }
@@ -179,6 +205,9 @@ mod tests {
         );
         assert_eq!(k.room_members("r1"), "signal:room:{r1}:members");
         assert_eq!(k.room_meta("r1"), "signal:room:{r1}:meta");
+        assert_eq!(k.room_seq("r1"), "signal:room:{r1}:seq");
+        assert_eq!(k.mailbox("r1", "bob"), "signal:room:{r1}:mb:bob");
+        assert_eq!(k.detached(), "signal:cluster:{detached}");
         assert_eq!(k.node("n1"), "signal:node:{n1}");
         assert_eq!(
             k.run_sessions("n1", "0123456789ab"),
@@ -222,10 +251,11 @@ mod tests {
     #[test]
     fn nested_prefixes_never_share_a_name() {
         let ids = [
-            "nodes", "rooms", "node", "user", "room", "cluster", "claim", "x", "ch", "meta",
+            "nodes", "rooms", "node", "user", "room", "cluster", "claim", "x", "ch", "meta", "mb",
+            "seq", "detached",
         ];
         let names = |k: &Keys| -> Vec<String> {
-            let mut all = vec![k.rooms(), k.nodes(), k.payload_key_check()];
+            let mut all = vec![k.rooms(), k.nodes(), k.payload_key_check(), k.detached()];
             for id in ids {
                 all.extend([
                     k.room(id),
@@ -233,6 +263,9 @@ mod tests {
                     k.user_channel(id, id),
                     k.user_channel("r", id),
                     k.room_members(id),
+                    k.room_seq(id),
+                    k.mailbox(id, id),
+                    k.mailbox("r", id),
                     k.user_claim(id),
                     k.room_meta(id),
                     k.node(id),

@@ -1,7 +1,9 @@
 //! A room member's record in the room's own slot (`P room:{R}:members`): what room
 //! scripts and `room_users` need about a member without reading the member's user
-//! hash, which lives in another slot. One line, space-separated, written and read
-//! only here (scripts compare the first two fields: session and ticket).
+//! hash, which lives in another slot. One line, space-separated, written here and
+//! read here and by the room scripts, which match it with the pattern
+//! [`LUA_PATTERN`] documents: session, ticket, node, role, joined_at, stream,
+//! resume digest, detached deadline.
 
 use crate::ids::SessionId;
 use crate::protocol::{Role, User};
@@ -12,26 +14,40 @@ pub struct MemberRecord {
     /// The member's session in this room; every removal is guarded by it.
     pub session: SessionId,
     /// The claim ticket of the join that wrote it: of two racing joins of one user,
-    /// the higher ticket wins (join_room.lua, claim_user.lua).
+    /// the higher ticket wins (join_room.lua, claim_user.lua). A resume keeps it.
     pub ticket: u64,
-    /// The node holding the session.
+    /// The node holding the session (the last one, while detached).
     pub node: String,
     /// The member's role.
     pub role: Role,
     /// RFC 3339 UTC with milliseconds.
     pub joined_at: String,
+    /// The numbering stream of the member's relayed frames: the session id of the
+    /// ordinary join that started it (envelope.rs, `S`).
+    pub stream: SessionId,
+    /// SHA-256 hex of the member's current resume token.
+    pub digest: String,
+    /// Unix ms when a detached member's grace ends; 0 while connected.
+    pub detached_until: u64,
 }
 
+/// The Lua pattern of a record, one capture per field in [`MemberRecord::encode`]
+/// order (documentation for the scripts, which spell it out).
+pub const LUA_PATTERN: &str = "^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$";
+
 impl MemberRecord {
-    /// `session ticket node role joined_at`.
+    /// `session ticket node role joined_at stream digest detached_until`.
     pub fn encode(&self) -> String {
         format!(
-            "{} {} {} {} {}",
+            "{} {} {} {} {} {} {} {}",
             self.session,
             self.ticket,
             self.node,
             self.role.as_str(),
-            self.joined_at
+            self.joined_at,
+            self.stream,
+            self.digest,
+            self.detached_until
         )
     }
 
@@ -43,12 +59,18 @@ impl MemberRecord {
         let node = fields.next()?.to_owned();
         let role = Role::parse(fields.next()?);
         let joined_at = fields.next()?.to_owned();
+        let stream = SessionId::parse(fields.next()?)?;
+        let digest = fields.next()?.to_owned();
+        let detached_until = fields.next()?.parse().ok()?;
         fields.next().is_none().then_some(Self {
             session,
             ticket,
             node,
             role,
             joined_at,
+            stream,
+            digest,
+            detached_until,
         })
     }
 
@@ -75,16 +97,21 @@ mod tests {
             node: "node-a".into(),
             role: Role::Host,
             joined_at: "2026-11-30T05:00:00.000Z".into(),
+            stream: SessionId::new(),
+            digest: crate::resume_token::digest("t"),
+            detached_until: 0,
         };
-        assert_eq!(MemberRecord::decode(&record.encode()), Some(record.clone()));
+        let text = record.encode();
+        assert_eq!(MemberRecord::decode(&text), Some(record.clone()));
+        assert_eq!(
+            text.split(' ').count(),
+            LUA_PATTERN.matches("(%S+)").count()
+        );
         assert_eq!(MemberRecord::decode("x 1 n peer t"), None);
         assert_eq!(
-            MemberRecord::decode(&format!("{} 1 n peer", record.session)),
+            MemberRecord::decode(&format!("{} 1 n peer t", record.session)),
             None
         );
-        assert_eq!(
-            MemberRecord::decode(&format!("{} 1 n peer t extra", record.session)),
-            None
-        );
+        assert_eq!(MemberRecord::decode(&format!("{text} extra")), None);
     }
 }

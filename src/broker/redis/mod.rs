@@ -10,9 +10,11 @@
 //! tracked here and logged once per change, not once per failed command.
 
 mod error;
+mod gap_fill;
 pub mod keys;
 pub mod member_record;
 mod relay_conn;
+mod resume;
 mod rooms;
 mod script_keys;
 mod subscriber;
@@ -36,7 +38,7 @@ use self::relay_conn::RelayConn;
 use self::subscriber::Subscriber;
 use super::{
     sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
-    LocalSession, Member, NodeStatus, RelayOutcome,
+    LocalSession, Member, NodeStatus, RelayOutcome, ResumeSettings,
 };
 use crate::crypto::{self, PayloadCipher};
 use crate::envelope::{self, KickReason};
@@ -73,18 +75,34 @@ struct Scripts {
     deregister: Script,
     create_room: Script,
     close_room: Script,
+    detach_room: Script,
+    resume_room: Script,
+    resume_user: Script,
+}
+
+/// A relay script with the shared mailbox functions (lua/mailbox.lua) in front of
+/// its body, after its shebang line.
+fn with_mailbox(script: &str) -> Script {
+    let body = script.strip_prefix("#!lua\n").unwrap_or(script);
+    Script::new(&format!(
+        "#!lua\n{}\n{body}",
+        include_str!("lua/mailbox.lua")
+    ))
 }
 
 impl Scripts {
     fn load() -> Self {
         Self {
+            detach_room: Script::new(include_str!("lua/detach_room.lua")),
+            resume_room: Script::new(include_str!("lua/resume_room.lua")),
+            resume_user: Script::new(include_str!("lua/resume_user.lua")),
             join_room: Script::new(include_str!("lua/join_room.lua")),
             claim_user: Script::new(include_str!("lua/claim_user.lua")),
             leave_room: Script::new(include_str!("lua/leave_room.lua")),
             leave_user: Script::new(include_str!("lua/leave_user.lua")),
-            relay: Script::new(include_str!("lua/relay.lua")),
-            broadcast: Script::new(include_str!("lua/broadcast.lua")),
-            broadcast_sealed: Script::new(include_str!("lua/broadcast_sealed.lua")),
+            relay: with_mailbox(include_str!("lua/relay.lua")),
+            broadcast: with_mailbox(include_str!("lua/broadcast.lua")),
+            broadcast_sealed: with_mailbox(include_str!("lua/broadcast_sealed.lua")),
             restore_user: Script::new(include_str!("lua/restore_user.lua")),
             restore_room: Script::new(include_str!("lua/restore_room.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -120,6 +138,8 @@ pub struct RedisBroker {
     /// Whether this node's payload key was compared with the cluster's, and matched:
     /// [`KEY_UNCHECKED`], [`KEY_MATCHES`] or [`KEY_DIFFERS`]. Only a match is ready.
     key_state: AtomicU8,
+    /// Grace, mailbox bound and hold time of resume.
+    resume: ResumeSettings,
 }
 
 impl RedisBroker {
@@ -127,13 +147,16 @@ impl RedisBroker {
     /// is down and becomes ready when it comes up.
     pub fn new(
         target: &RedisTarget,
-        prefix: &str,
-        node_id: NodeId,
+        settings: &super::EngineSettings<'_>,
         incarnation: Arc<Incarnation>,
-        ttl: Duration,
         deliveries: Arc<dyn Deliveries>,
-        payload_key: Option<&[u8; 32]>,
     ) -> Result<Self, BrokerError> {
+        let (prefix, node_id, ttl) = (
+            settings.key_prefix,
+            settings.node_id.clone(),
+            settings.room_ttl,
+        );
+        let (payload_key, resume) = (settings.payload_key, settings.resume);
         let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
         let client = redis::Client::open(target.info.clone())?;
         let conn_config = AsyncConnectionConfig::new()
@@ -177,6 +200,7 @@ impl RedisBroker {
             command_errors: CommandErrorLog::default(),
             cipher,
             key_state: AtomicU8::new(KEY_UNCHECKED),
+            resume,
         })
     }
 
@@ -309,6 +333,10 @@ impl RedisBroker {
         self.subscriber.unsubscribe(room, user).await;
     }
 
+    pub(super) fn fill(&self, room: &RoomId, user: &UserId) {
+        self.subscriber.fill(room.as_str(), user.as_str());
+    }
+
     /// A join, as single-slot steps (a script may touch one slot only). The order
     /// makes a crash between any two steps harmless:
     /// 1. a ticket from the user's claim counter (user slot): of two racing joins of
@@ -379,12 +407,15 @@ impl RedisBroker {
             node: self.node_id.to_string(),
             role: req.role,
             joined_at: req.joined_at.clone(),
+            stream: req.session,
+            digest: req.resume_digest.clone(),
+            detached_until: 0,
         };
         let reply: Vec<String> = self
             .pooled("join", async |conn| {
                 let mut invocation = with_keys(
                     &self.scripts.join_room,
-                    script_keys::join_room(&self.keys, room),
+                    script_keys::join_room(&self.keys, room, user),
                 );
                 let reply: Vec<String> = invocation
                     .arg(user)
@@ -612,6 +643,19 @@ impl RedisBroker {
         session: &str,
         reason: LeaveReason,
     ) -> Result<bool, BrokerError> {
+        self.leave_room_if(room, user, session, reason, 0).await
+    }
+
+    /// [`Self::leave_room`], and when `due_ms` is not 0 only for a member still
+    /// detached whose grace ended by `due_ms` (the end of a grace).
+    pub(super) async fn leave_room_if(
+        &self,
+        room: &RoomId,
+        user: &str,
+        session: &str,
+        reason: LeaveReason,
+        due_ms: u64,
+    ) -> Result<bool, BrokerError> {
         let Some(session_id) = SessionId::parse(session) else {
             return Ok(false);
         };
@@ -625,13 +669,14 @@ impl RedisBroker {
             .pooled("leave_room", async |conn| {
                 let mut invocation = with_keys(
                     &self.scripts.leave_room,
-                    script_keys::leave_room(&self.keys, room.as_str()),
+                    script_keys::join_room(&self.keys, room.as_str(), user),
                 );
                 let reply: (i64, i64, i64) = invocation
                     .arg(user)
                     .arg(session)
                     .arg(self.keys.room_channel_prefix(room.as_str()))
                     .arg(left)
+                    .arg(due_ms)
                     .invoke_async(&mut *conn)
                     .await?;
                 Ok(reply)
@@ -734,11 +779,18 @@ impl RedisBroker {
             &self.scripts.relay,
             script_keys::relay(&self.keys, room.as_str(), target),
         );
-        invocation.arg(target).arg(envelope);
+        invocation
+            .arg(target)
+            .arg(envelope)
+            .arg(now_ms())
+            .arg(self.resume.buffer)
+            .arg(duration_ms(self.resume.hold));
         let n = self.relay_call("relay", &invocation).await?;
         Ok(match n {
             n if n < 0 => RelayOutcome::NotInRoom,
-            0 => RelayOutcome::NotConnected,
+            // Held in its mailbox: a detached member (or one whose node died and
+            // is about to be detached) gets it when it resumes.
+            0 if self.resume.grace.is_zero() => RelayOutcome::NotConnected,
             _ => RelayOutcome::Delivered,
         })
     }
@@ -760,7 +812,11 @@ impl RedisBroker {
         invocation
             .arg(sender.as_str())
             .arg(self.keys.room_channel_prefix(room.as_str()))
-            .arg(envelope);
+            .arg(self.keys.room_mailbox_prefix(room.as_str()))
+            .arg(envelope)
+            .arg(now_ms())
+            .arg(self.resume.buffer)
+            .arg(duration_ms(self.resume.hold));
         let n = self.relay_call("broadcast", &invocation).await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
@@ -803,6 +859,10 @@ impl RedisBroker {
             &self.scripts.broadcast_sealed,
             script_keys::broadcast_sealed(&self.keys, room.as_str(), others.iter().copied()),
         );
+        invocation
+            .arg(now_ms())
+            .arg(self.resume.buffer)
+            .arg(duration_ms(self.resume.hold));
         for member in &others {
             let channel = self.keys.user_channel(room.as_str(), member);
             invocation
@@ -878,6 +938,7 @@ impl RedisBroker {
             for key in [
                 self.keys.room(room.as_str()),
                 self.keys.room_members(room.as_str()),
+                self.keys.room_seq(room.as_str()),
             ] {
                 pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
             }
@@ -1170,6 +1231,12 @@ impl RedisBroker {
             let Ok(room) = RoomId::parse(room) else {
                 continue;
             };
+            // With resume on, a dead node's members are detached, not gone: they
+            // may resume elsewhere until their grace ends.
+            if !self.resume.grace.is_zero() && self.detach_session(&room, user, session).await? {
+                evicted += 1;
+                continue;
+            }
             if self
                 .evict(&room, user, session, LeaveReason::Timeout)
                 .await?
@@ -1214,6 +1281,9 @@ impl RedisBroker {
             node: self.node_id.to_string(),
             role: handle.role,
             joined_at: handle.joined_at.clone(),
+            stream: handle.stream,
+            digest: handle.resume_digest.clone(),
+            detached_until: 0,
         };
         let restored: i64 = self
             .pooled("restore_room", async |conn| {
@@ -1226,6 +1296,7 @@ impl RedisBroker {
                     .arg(record.encode())
                     .arg(&session)
                     .arg(self.ttl_secs)
+                    .arg(handle.last_seq)
                     .invoke_async(&mut *conn)
                     .await?;
                 Ok(restored)
@@ -1239,6 +1310,17 @@ impl RedisBroker {
         self.index_room(room).await?;
         Ok(true)
     }
+}
+
+/// Wall-clock Unix milliseconds (0 before the epoch): what mailbox entries and
+/// grace deadlines are stamped with, comparable across nodes whose clocks agree.
+pub(super) fn now_ms() -> u64 {
+    crate::envelope::now_us() / 1000
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(super) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A script invocation whose `KEYS` are `keys`, a list from [`script_keys`] (one

@@ -110,7 +110,7 @@ impl RedisBroker {
             .pooled("close_room", async |conn| {
                 let invocation = with_keys(
                     &self.scripts.close_room,
-                    script_keys::leave_room(&self.keys, room.as_str()),
+                    script_keys::close_room(&self.keys, room.as_str()),
                 );
                 let reply: Vec<String> = invocation.invoke_async(&mut *conn).await?;
                 Ok(reply)

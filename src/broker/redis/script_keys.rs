@@ -6,9 +6,31 @@
 
 use super::keys::Keys;
 
-/// A join's room step (join_room.lua).
-pub(super) fn join_room(k: &Keys, room: &str) -> Vec<String> {
-    vec![k.room(room), k.room_members(room), k.room_meta(room)]
+/// A join's room step (join_room.lua), a leave's (leave_room.lua) and a resume's
+/// (resume_room.lua): the room's keys and the user's mailbox.
+pub(super) fn join_room(k: &Keys, room: &str, user: &str) -> Vec<String> {
+    vec![
+        k.room(room),
+        k.room_members(room),
+        k.room_meta(room),
+        k.room_seq(room),
+        k.mailbox(room, user),
+    ]
+}
+
+/// A room's closing (close_room.lua).
+pub(super) fn close_room(k: &Keys, room: &str) -> Vec<String> {
+    vec![
+        k.room(room),
+        k.room_members(room),
+        k.room_meta(room),
+        k.room_seq(room),
+    ]
+}
+
+/// A detach (detach_room.lua): the room's member records.
+pub(super) fn detach_room(k: &Keys, room: &str) -> Vec<String> {
+    vec![k.room_members(room)]
 }
 
 /// A join's user step (claim_user.lua), a leave's (leave_user.lua) and a restore's
@@ -17,34 +39,41 @@ pub(super) fn user(k: &Keys, user: &str) -> Vec<String> {
     vec![k.user(user), k.user_claim(user)]
 }
 
-/// A leave's room step (leave_room.lua) and a room's closing (close_room.lua).
-pub(super) fn leave_room(k: &Keys, room: &str) -> Vec<String> {
-    join_room(k, room)
-}
-
 /// A restore's room step (restore_room.lua).
 pub(super) fn restore_room(k: &Keys, room: &str) -> Vec<String> {
-    vec![k.room(room), k.room_members(room)]
+    vec![k.room(room), k.room_members(room), k.room_seq(room)]
 }
 
-/// A directed relay (relay.lua): the room set and the target's channel.
+/// A directed relay (relay.lua): the room's set, records and counters, the
+/// target's mailbox and channel.
 pub(super) fn relay(k: &Keys, room: &str, target: &str) -> Vec<String> {
-    vec![k.room(room), k.user_channel(room, target)]
+    vec![
+        k.room(room),
+        k.room_members(room),
+        k.room_seq(room),
+        k.mailbox(room, target),
+        k.user_channel(room, target),
+    ]
 }
 
-/// A broadcast (broadcast.lua).
+/// A broadcast (broadcast.lua): the room's set, records and counters (members'
+/// mailboxes and channels are named from the room's prefixes, in its slot).
 pub(super) fn broadcast(k: &Keys, room: &str) -> Vec<String> {
-    vec![k.room(room)]
+    vec![k.room(room), k.room_members(room), k.room_seq(room)]
 }
 
-/// A sealed broadcast (broadcast_sealed.lua): the room set and each member's channel.
+/// A sealed broadcast (broadcast_sealed.lua): the room's set, records and
+/// counters, then each member's channel and mailbox.
 pub(super) fn broadcast_sealed<'a>(
     k: &Keys,
     room: &str,
     members: impl IntoIterator<Item = &'a str>,
 ) -> Vec<String> {
-    let mut keys = vec![k.room(room)];
-    keys.extend(members.into_iter().map(|m| k.user_channel(room, m)));
+    let mut keys = broadcast(k, room);
+    for m in members {
+        keys.push(k.user_channel(room, m));
+        keys.push(k.mailbox(room, m));
+    }
     keys
 }
 
@@ -86,9 +115,10 @@ mod tests {
     fn every_call(k: &Keys) -> Vec<(&'static str, Vec<String>)> {
         let (room, user) = ("r-1.x", "u_2");
         vec![
-            ("join_room", join_room(k, room)),
+            ("join_room", join_room(k, room, user)),
+            ("close_room", close_room(k, room)),
+            ("detach_room", detach_room(k, room)),
             ("user", user_keys(k, user)),
-            ("leave_room", leave_room(k, room)),
             ("restore_room", restore_room(k, room)),
             ("relay", relay(k, room, user)),
             ("broadcast", broadcast(k, room)),

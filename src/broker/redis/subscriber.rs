@@ -22,8 +22,9 @@ use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use super::gap_fill::GapFiller;
 use super::keys::Keys;
-use crate::broker::{BrokerError, Deliveries};
+use crate::broker::{BrokerError, Deliveries, Delivery};
 use crate::crypto::{self, PayloadCipher};
 use crate::ids::{NodeId, RoomId, UserId};
 
@@ -58,6 +59,8 @@ pub(super) struct Subscriber {
     /// key mismatch is reported loudly but not once per message.
     last_open_error: AtomicU64,
     started: Instant,
+    /// Reads mailboxes when a gap shows, and after every rebuilt connection.
+    gaps: Arc<GapFiller>,
 }
 
 /// Why a connection stopped being used.
@@ -76,7 +79,14 @@ impl Subscriber {
         deliveries: Arc<dyn Deliveries>,
         cipher: Option<Arc<PayloadCipher>>,
     ) -> Self {
+        let gaps = Arc::new(GapFiller::new(
+            commands.clone(),
+            keys.clone(),
+            deliveries.clone(),
+            cipher.clone(),
+        ));
         Self {
+            gaps,
             client,
             commands,
             node_channel: keys.node_channel(node_id.as_str()),
@@ -135,6 +145,11 @@ impl Subscriber {
         }
     }
 
+    /// Reads `user`'s mailbox in `room` into its local sessions (a gap showed).
+    pub(super) fn fill(&self, room: &str, user: &str) {
+        self.gaps.request(room, user);
+    }
+
     /// Keeps the connection up until `cancel`; logs once per state change.
     pub(super) async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
@@ -146,6 +161,11 @@ impl Subscriber {
             };
             match connected {
                 Ok(stream) => {
+                    if self.epoch() > 1 {
+                        // Whatever was published while no connection listened is
+                        // in the mailboxes.
+                        self.gaps.request_all();
+                    }
                     if reported_down {
                         crate::metrics::reconnected("subscriber");
                         tracing::info!(
@@ -265,7 +285,9 @@ impl Subscriber {
             };
             match crypto::open(self.cipher.as_deref(), channel, text) {
                 Ok(text) => {
-                    self.deliveries.deliver(room, user, &text);
+                    if self.deliveries.deliver(room, user, &text) == Delivery::Gap {
+                        self.gaps.request(room, user);
+                    }
                 }
                 Err(e) => self.report_unreadable(user, e),
             }

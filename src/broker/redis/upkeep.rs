@@ -36,6 +36,8 @@ pub const NODE_TTL: Duration = Duration::from_secs(6);
 /// How often an unregistered node (starting, renewed, or reconnected to Redis)
 /// tries to register: readiness waits for it, so it does not wait for a full beat.
 pub const REGISTER_RETRY: Duration = Duration::from_millis(100);
+/// How often graces that ended are looked for (any node ends any member's).
+const GRACE_SWEEP: Duration = Duration::from_millis(250);
 /// When, after re-registering, views are reconciled: late enough that the other
 /// nodes (reconnecting with up to 2 s backoff) have re-registered theirs.
 const RECONCILE_AFTER: [Duration; 2] = [Duration::from_secs(4), Duration::from_secs(9)];
@@ -56,6 +58,7 @@ pub(super) async fn run(
     // Until then an expired heartbeat is not evidence of death (after a reconnect).
     let mut trust_expiry_at = Instant::now();
     let mut reconcile_at: Vec<Instant> = Vec::new();
+    let mut last_sweep = Instant::now();
     let mut tick = tokio::time::interval(REGISTER_RETRY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,6 +78,12 @@ pub(super) async fn run(
         // reconnect during the beat means beating again.
         let epoch = redis.subscriber_epoch();
         let registered = redis.registered_run().is_some();
+        if registered && last_sweep.elapsed() >= GRACE_SWEEP {
+            last_sweep = Instant::now();
+            if let Err(e) = redis.end_graces().await {
+                tracing::debug!(error = %e, "grace sweep interrupted; retried");
+            }
+        }
         if registered && last_beat.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
             continue;
         }

@@ -2,7 +2,9 @@
 -- A join's step in the room's slot (RedisBroker::join writes the order of steps):
 -- the capacity check, the member's record, and `user_joined` for the others, in one
 -- atomic step, so `room_users` and `user_joined` never overlap or miss a member.
--- KEYS[1] room set, KEYS[2] room members hash, KEYS[3] room metadata hash
+-- An ordinary join starts the member's numbering again: its `seq` and mailbox go.
+-- KEYS[1] room set, KEYS[2] room members hash, KEYS[3] room metadata hash,
+-- KEYS[4] room seq hash, KEYS[5] the user's mailbox
 -- ARGV: 1 user_id, 2 member record, 3 ttl seconds, 4 the room's channel prefix,
 --       5 `J` envelope for the members, 6 max_users (0: unlimited), 7 ticket,
 --       8 session_id
@@ -28,6 +30,8 @@ if max_users > 0 then
 end
 redis.call('SADD', KEYS[1], user)
 redis.call('HSET', KEYS[2], user, ARGV[2])
+redis.call('HDEL', KEYS[4], user)
+redis.call('DEL', KEYS[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
