@@ -230,6 +230,7 @@ async fn kill_and_resume(
         }
     }
     let conn = client.take_connection().ok_or("not connected")?;
+    let dropped_at = Instant::now();
     conn.drop_mid_frame().await;
     // Away for a moment while the peers keep sending: the fault itself.
     tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
@@ -239,8 +240,13 @@ async fn kill_and_resume(
         let last_seq = client.last_seq();
         match client.try_resume_at(base, last_seq).await {
             Ok(frame) if frame["payload"]["session"]["resumed"] == true => return Ok(()),
-            Ok(frame) => return Err(format!("the resume became an ordinary join: {frame}")),
-            Err(e) => refusals.push(e),
+            Ok(frame) => {
+                return Err(format!(
+                    "the resume {:?} after the drop became an ordinary join: {frame}",
+                    dropped_at.elapsed()
+                ))
+            }
+            Err(e) => refusals.push(format!("{e} ({:?} after the drop)", dropped_at.elapsed())),
         }
         // Client backoff between attempts; not a synchronisation.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -617,14 +623,15 @@ async fn soak(resume_grace: Option<&str>) {
         Some(_) => Duration::from_secs(20 + SOAK_GRACE_SECONDS),
         None => Duration::from_secs(20),
     };
+    // Asserted after the members' errors, which usually say why it does not hold.
     let settle = Instant::now() + settle_within;
-    while let Err(e) = redis_matches(&c, &rooms) {
-        assert!(
-            Instant::now() < settle,
-            "Redis does not hold exactly the stable members after {settle_within:?}: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let redis_state = loop {
+        match redis_matches(&c, &rooms) {
+            Ok(()) => break Ok(()),
+            Err(e) if Instant::now() >= settle => break Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     // Sending stopped with the churn; wait until every sent message has been received
     // (if one was lost this times out, and the tally below names the pair).
     let (sent_ref, received_ref) = (&sent_total, &received_total);
@@ -663,6 +670,9 @@ async fn soak(resume_grace: Option<&str>) {
         errors.len(),
         &errors[..errors.len().min(10)]
     );
+    if let Err(e) = redis_state {
+        panic!("Redis does not hold exactly the stable members after {settle_within:?}: {e}");
+    }
     let mut delivered = 0;
     for ((from, to), n) in &sent {
         let seqs = got.remove(&(from.clone(), to.clone())).unwrap_or_default();

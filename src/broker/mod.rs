@@ -330,8 +330,8 @@ impl Broker {
     }
 
     /// Runs the node upkeep until `cancel`: registration and heartbeat, dead-run
-    /// cleanup, restore after the store lost its state. Returns at once for a
-    /// standalone node, which has nothing to keep up.
+    /// cleanup, restore after the store lost its state, and the end of resume
+    /// graces (the only upkeep a standalone node has).
     pub async fn upkeep(&self, node: NodeStatus, cancel: CancellationToken) {
         match self {
             Self::Redis(b) => b.upkeep(&node, cancel).await,
