@@ -400,8 +400,10 @@ async fn try_resume(
         }
         Err(e) => {
             tracing::warn!(error = %e, "resume failed");
-            // The room step may have run with its reply lost: undo it (session-guarded).
-            leave(state, room, user, session, LeaveReason::Left).await;
+            // The room step may have run with its reply lost: the member is then
+            // this session's, which ends here without the member's decision, so it
+            // is detached (session-guarded), not removed: the room hears nothing.
+            detach(state, room, user, session, LeaveReason::Left).await;
             Err(admission::STORE_DOWN)
         }
     }

@@ -350,7 +350,9 @@ impl Drop for TestNode {
                 self.log()
             );
         } else {
-            let _ = fs::remove_file(&self.log_path);
+            if std::env::var_os("SIGNAL_TEST_KEEP_LOGS").is_none() {
+                let _ = fs::remove_file(&self.log_path);
+            }
         }
     }
 }

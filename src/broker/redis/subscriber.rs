@@ -9,9 +9,12 @@
 //! back within [`PROBE_TIMEOUT`]; a lost probe rebuilds the connection. The probe
 //! is published by a task of its own, so deliveries never wait behind it.
 //!
-//! Subscribe and unsubscribe go through one lock that also holds the sink, and an
-//! unsubscribe re-checks the local sessions under it: a user who reconnects while its
-//! old session's unsubscribe is in flight can never end up without its channel.
+//! Subscribe and unsubscribe requests queue up for one task that sends them in
+//! batches (one SUBSCRIBE and one UNSUBSCRIBE per batch, whatever the number of
+//! channels), so under churn a join waits for one round trip, not for every
+//! subscription queued before it. That task holds the sink's lock for a batch, and
+//! an unsubscribe re-checks the local sessions then: a user who reconnects while its
+//! old session's unsubscribe is queued can never end up without its channel.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redis::aio::{PubSub, PubSubSink, PubSubStream};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::gap_fill::GapFiller;
@@ -30,6 +33,8 @@ use crate::ids::{NodeId, RoomId, UserId};
 
 /// Longest wait for any pub/sub command.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most channels one batched SUBSCRIBE or UNSUBSCRIBE carries.
+const OP_BATCH: usize = 500;
 /// Channels per SUBSCRIBE when resubscribing after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 500;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -61,6 +66,18 @@ pub(super) struct Subscriber {
     started: Instant,
     /// Reads mailboxes when a gap shows, and after every rebuilt connection.
     gaps: Arc<GapFiller>,
+    /// Subscribe and unsubscribe requests, for the batching task.
+    ops: mpsc::UnboundedSender<SubscriptionOp>,
+    /// Its receiving end, taken by [`Subscriber::run`] for that task.
+    ops_queue: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SubscriptionOp>>>,
+}
+
+/// One request to the batching task.
+enum SubscriptionOp {
+    /// Subscribe to a channel; the sender learns when Redis confirmed it.
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    /// Drop (room, user)'s channel unless a local session needs it by then.
+    Unsubscribe(RoomId, UserId),
 }
 
 /// Why a connection stopped being used.
@@ -85,8 +102,11 @@ impl Subscriber {
             deliveries.clone(),
             cipher.clone(),
         ));
+        let (ops, ops_queue) = mpsc::unbounded_channel();
         Self {
             gaps,
+            ops,
+            ops_queue: std::sync::Mutex::new(Some(ops_queue)),
             client,
             commands,
             node_channel: keys.node_channel(node_id.as_str()),
@@ -114,33 +134,104 @@ impl Subscriber {
     /// Subscribes to `user`'s channel in `room`; resolves once Redis confirmed it.
     pub(super) async fn subscribe(&self, room: &RoomId, user: &UserId) -> Result<(), BrokerError> {
         let channel = self.keys.user_channel(room.as_str(), user.as_str());
-        let mut guard = tokio::time::timeout(OP_TIMEOUT, self.sink.lock())
-            .await
-            .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))?;
-        let sink = guard.as_mut().ok_or(BrokerError::SubscriberDown)?;
-        tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel))
-            .await
-            .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))??;
-        Ok(())
+        let (done, confirmed) = oneshot::channel();
+        self.ops
+            .send(SubscriptionOp::Subscribe(channel, done))
+            .map_err(|_| BrokerError::SubscriberDown)?;
+        match tokio::time::timeout(OP_TIMEOUT, confirmed).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BrokerError::SubscriberDown),
+            Err(_) => Err(BrokerError::Timeout(OP_TIMEOUT)),
+        }
     }
 
-    /// Unsubscribes from `user`'s channel in `room` unless a local session of that
-    /// user in that room took it over meanwhile.
+    /// Drops `user`'s channel in `room` (soon, in a batch) unless a local session
+    /// of that user in that room needs it by then.
     pub(super) async fn unsubscribe(&self, room: &RoomId, user: &UserId) {
-        let channel = self.keys.user_channel(room.as_str(), user.as_str());
+        // Only fails once the node stops: nothing to unsubscribe from then.
+        let _ = self
+            .ops
+            .send(SubscriptionOp::Unsubscribe(room.clone(), user.clone()));
+    }
+
+    /// Sends queued subscription requests in batches until the queue closes.
+    async fn run_subscriptions(&self, mut queue: mpsc::UnboundedReceiver<SubscriptionOp>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < OP_BATCH {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(batch).await;
+        }
+    }
+
+    /// One batch: a SUBSCRIBE for every channel asked for (each waiter learns the
+    /// outcome), then an UNSUBSCRIBE for those no local session needs any more.
+    async fn apply(&self, batch: Vec<SubscriptionOp>) {
+        let mut subscribe = Vec::new();
+        let mut waiters = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for op in batch {
+            match op {
+                SubscriptionOp::Subscribe(channel, done) => {
+                    subscribe.push(channel);
+                    waiters.push(done);
+                }
+                SubscriptionOp::Unsubscribe(room, user) => unsubscribe.push((room, user)),
+            }
+        }
         let Ok(mut guard) = tokio::time::timeout(OP_TIMEOUT, self.sink.lock()).await else {
+            for done in waiters {
+                let _ = done.send(Err(BrokerError::Timeout(OP_TIMEOUT)));
+            }
             return;
         };
-        if self.deliveries.contains_in(room.as_str(), user.as_str()) {
+        let Some(sink) = guard.as_mut() else {
+            // Down: waiters are refused; unsubscribes are moot (the next connection
+            // subscribes only the channels local sessions need).
+            for done in waiters {
+                let _ = done.send(Err(BrokerError::SubscriberDown));
+            }
             return;
+        };
+        if !subscribe.is_empty() {
+            let result = match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&subscribe)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    for done in waiters {
+                        let _ = done.send(Err(BrokerError::Timeout(OP_TIMEOUT)));
+                    }
+                    return;
+                }
+            };
+            let failed = result.as_ref().err().map(ToString::to_string);
+            for done in waiters {
+                let _ = done.send(match &failed {
+                    None => Ok(()),
+                    Some(e) => Err(BrokerError::Reply(format!("subscribe failed: {e}"))),
+                });
+            }
         }
-        if let Some(sink) = guard.as_mut() {
-            // A failure leaves a stray subscription whose messages find no session
-            // and are dropped; the next reconnect does not restore it.
-            match tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel)).await {
+        // Re-checked under the lock: a session that joined since keeps its channel.
+        let gone: Vec<String> = unsubscribe
+            .iter()
+            .filter(|(room, user)| !self.deliveries.contains_in(room.as_str(), user.as_str()))
+            .map(|(room, user)| self.keys.user_channel(room.as_str(), user.as_str()))
+            .filter(|channel| !subscribe.contains(channel))
+            .collect();
+        if !gone.is_empty() {
+            // A failure leaves stray subscriptions whose messages find no session
+            // and are dropped; the next reconnect does not restore them.
+            match tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(&gone)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(user_id = %user, error = %e, "unsubscribe failed"),
-                Err(_) => tracing::debug!(user_id = %user, "unsubscribe timed out"),
+                Ok(Err(e)) => {
+                    tracing::debug!(channels = gone.len(), error = %e, "unsubscribe failed")
+                }
+                Err(_) => tracing::debug!(channels = gone.len(), "unsubscribe timed out"),
             }
         }
     }
@@ -152,6 +243,21 @@ impl Subscriber {
 
     /// Keeps the connection up until `cancel`; logs once per state change.
     pub(super) async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let queue = self
+            .ops_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(queue) = queue {
+            let subscriptions = self.clone();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = subscriptions.run_subscriptions(queue) => {}
+                }
+            });
+        }
         let mut backoff = MIN_BACKOFF;
         let mut reported_down = false;
         loop {

@@ -42,8 +42,22 @@ const GRACE_SWEEP: Duration = Duration::from_millis(250);
 /// nodes (reconnecting with up to 2 s backoff) have re-registered theirs.
 const RECONCILE_AFTER: [Duration; 2] = [Duration::from_secs(4), Duration::from_secs(9)];
 
+/// What the beat loop tells the sweep loop after a reconnect.
+struct AfterReconnect {
+    /// Until then an expired heartbeat is not evidence of death.
+    trust_expiry_at: Instant,
+    /// When views are reconciled next.
+    reconcile_at: Vec<Instant>,
+}
+
 /// Runs the upkeep of `redis` until `cancel`: `sessions` are the node's local
 /// sessions, `incarnation` its runs, `node_id` and `node` what its heartbeat says.
+///
+/// Two loops run side by side: the beat (registration, heartbeat, restore after a
+/// reconnect) and the sweeps (dead runs, ended graces, view reconciliation). A
+/// sweep can take many round trips (evicting a dead node's hundreds of sessions);
+/// in the beat loop it would delay this node's own heartbeat past its TTL, and the
+/// cluster would declare a busy, healthy node dead.
 pub(super) async fn run(
     redis: &RedisBroker,
     sessions: &dyn Deliveries,
@@ -52,13 +66,40 @@ pub(super) async fn run(
     node: &NodeStatus,
     cancel: CancellationToken,
 ) {
+    let shared = std::sync::Mutex::new(AfterReconnect {
+        trust_expiry_at: Instant::now(),
+        reconcile_at: Vec::new(),
+    });
+    let beats = beat_loop(
+        redis,
+        sessions,
+        incarnation,
+        node_id,
+        node,
+        &shared,
+        &cancel,
+    );
+    let sweeps = sweep_loop(redis, sessions, &shared, &cancel);
+    tokio::join!(beats, sweeps);
+}
+
+fn lock(shared: &std::sync::Mutex<AfterReconnect>) -> std::sync::MutexGuard<'_, AfterReconnect> {
+    // Two plain fields: a panic elsewhere cannot leave them inconsistent.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn beat_loop(
+    redis: &RedisBroker,
+    sessions: &dyn Deliveries,
+    incarnation: &Incarnation,
+    node_id: &NodeId,
+    node: &NodeStatus,
+    shared: &std::sync::Mutex<AfterReconnect>,
+    cancel: &CancellationToken,
+) {
     let started_at = now_rfc3339_millis();
     let mut seen_epoch = 0;
     let mut last_beat: Option<Instant> = None;
-    // Until then an expired heartbeat is not evidence of death (after a reconnect).
-    let mut trust_expiry_at = Instant::now();
-    let mut reconcile_at: Vec<Instant> = Vec::new();
-    let mut last_sweep = Instant::now();
     let mut tick = tokio::time::interval(REGISTER_RETRY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,12 +119,6 @@ pub(super) async fn run(
         // reconnect during the beat means beating again.
         let epoch = redis.subscriber_epoch();
         let registered = redis.registered_run().is_some();
-        if registered && last_sweep.elapsed() >= GRACE_SWEEP {
-            last_sweep = Instant::now();
-            if let Err(e) = redis.end_graces().await {
-                tracing::debug!(error = %e, "grace sweep interrupted; retried");
-            }
-        }
         if registered && last_beat.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
             continue;
         }
@@ -102,6 +137,11 @@ pub(super) async fn run(
             "heartbeat_at": now_rfc3339_millis(),
         })
         .to_string();
+        if epoch != seen_epoch && epoch > 1 {
+            // Before the beat registers this connection (and lets the sweep loop
+            // run): heartbeats missing right after a reconnect prove nothing.
+            lock(shared).trust_expiry_at = Instant::now() + NODE_TTL;
+        }
         // The beat comes first: a run declared dead must close its sessions, never
         // write them back, even if its subscriber reconnected meanwhile.
         match redis.heartbeat(run, &info, NODE_TTL).await {
@@ -122,17 +162,52 @@ pub(super) async fn run(
             if epoch > 1 {
                 restore_sessions(sessions, incarnation, redis).await;
                 let now = Instant::now();
-                reconcile_at = RECONCILE_AFTER.iter().map(|d| now + *d).collect();
-                trust_expiry_at = now + NODE_TTL;
+                let mut after = lock(shared);
+                after.reconcile_at = RECONCILE_AFTER.iter().map(|d| now + *d).collect();
+                after.trust_expiry_at = now + NODE_TTL;
             }
             seen_epoch = epoch;
         }
+    }
+}
 
-        clean_dead_runs(redis, Instant::now() >= trust_expiry_at).await;
-
-        let now = Instant::now();
-        if reconcile_at.first().is_some_and(|t| *t <= now) {
-            reconcile_at.remove(0);
+/// Dead runs every beat interval, ended graces every [`GRACE_SWEEP`], and the view
+/// reconciliations the beat loop scheduled, while this run is registered.
+async fn sweep_loop(
+    redis: &RedisBroker,
+    sessions: &dyn Deliveries,
+    shared: &std::sync::Mutex<AfterReconnect>,
+    cancel: &CancellationToken,
+) {
+    let mut tick = tokio::time::interval(GRACE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_dead_sweep: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if redis.registered_run().is_none() {
+            continue;
+        }
+        if let Err(e) = redis.end_graces().await {
+            tracing::debug!(error = %e, "grace sweep interrupted; retried");
+        }
+        if last_dead_sweep.is_none_or(|t| t.elapsed() >= HEARTBEAT_INTERVAL) {
+            last_dead_sweep = Some(Instant::now());
+            let trusted = Instant::now() >= lock(shared).trust_expiry_at;
+            clean_dead_runs(redis, trusted).await;
+        }
+        let due = {
+            let mut after = lock(shared);
+            let now = Instant::now();
+            let due = after.reconcile_at.first().is_some_and(|t| *t <= now);
+            if due {
+                after.reconcile_at.remove(0);
+            }
+            due
+        };
+        if due {
             reconcile_views(sessions, redis).await;
         }
     }
