@@ -109,6 +109,16 @@ fn fresh_token(frame: &Value, seconds: u64) -> String {
 // a. A dropped connection resumes on another node
 // ---------------------------------------------------------------------------
 
+/// alice on node 0, then bob (resuming) on node 1 in `room`; alice has seen bob
+/// join. The starting point of most scenarios below.
+async fn alice_and_bob(c: &Cluster, room: &str) -> (TestClient, Value, ResumingClient, Value) {
+    let (mut alice, alice_user) = join(c.node(0), room, "alice").await;
+    let (bob, frame) = ResumingClient::join(c.node(1), room, "bob").await;
+    let bob_user = assert_room_users(&frame, room, "bob", &[&alice_user]);
+    alice.expect_frame(&user_joined(&bob_user)).await;
+    (alice, alice_user, bob, bob_user)
+}
+
 both_engines!(
     dropped_connection_resumes_elsewhere,
     env = [("RESUME_GRACE_SECONDS", "20")],
@@ -241,10 +251,7 @@ both_engines!(
 /// 5..=10 come again, then 11..=14 sent while he was away, each exactly once.
 async fn older_last_seq_is_replayed_once_body(c: &Cluster) {
     let room = room_id();
-    let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
-    let (mut bob, frame) = ResumingClient::join(c.node(1), &room, "bob").await;
-    let bob_user = assert_room_users(&frame, &room, "bob", &[&alice_user]);
-    alice.expect_frame(&user_joined(&bob_user)).await;
+    let (mut alice, alice_user, mut bob, _) = alice_and_bob(c, &room).await;
 
     for n in 1..=10 {
         alice.send_json(numbered("bob", n)).await;
@@ -1421,10 +1428,7 @@ both_engines!(
 /// hears nothing, and seq continues on the new one.
 async fn resume_replaces_a_half_dead_connection_body(c: &Cluster) {
     let room = room_id();
-    let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
-    let (mut bob, frame) = ResumingClient::join(c.node(1), &room, "bob").await;
-    let bob_user = assert_room_users(&frame, &room, "bob", &[&alice_user]);
-    alice.expect_frame(&user_joined(&bob_user)).await;
+    let (mut alice, alice_user, mut bob, bob_user) = alice_and_bob(c, &room).await;
     for n in 1..=3 {
         alice.send_json(numbered("bob", n)).await;
     }
@@ -1461,10 +1465,7 @@ both_engines!(
 /// order, seq contiguous; alice heard nothing.
 async fn heartbeat_timeout_detaches_body(c: &Cluster) {
     let room = room_id();
-    let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
-    let (mut bob, frame) = ResumingClient::join(c.node(1), &room, "bob").await;
-    let bob_user = assert_room_users(&frame, &room, "bob", &[&alice_user]);
-    alice.expect_frame(&user_joined(&bob_user)).await;
+    let (mut alice, alice_user, mut bob, _) = alice_and_bob(c, &room).await;
     for n in 1..=3 {
         alice.send_json(numbered("bob", n)).await;
     }
@@ -1515,4 +1516,67 @@ async fn heartbeat_timeout_detaches_body(c: &Cluster) {
     assert_eq!(frames, expected, "bob: messages after the resume");
     assert!(bob.seq_faults().is_empty(), "{:?}", bob.seq_faults());
     assert_heard_nothing(&mut alice, "after bob's resume").await;
+}
+
+// ---------------------------------------------------------------------------
+// The room password and a resume
+// ---------------------------------------------------------------------------
+
+both_engines!(
+    resume_needs_no_room_password,
+    env = [
+        ("RESUME_GRACE_SECONDS", "20"),
+        ("ADMIN_TOKEN", crate::support::security::ADMIN)
+    ],
+    resume_needs_no_room_password_body
+);
+
+/// In a password room the resume token stands for the password: a resume without
+/// it succeeds; a resume that fails is an ordinary join, which needs it (4403).
+async fn resume_needs_no_room_password_body(c: &Cluster) {
+    let room = room_id();
+    support::security::create_room(c.node(0), json!({"room_id": room, "password": "pw-1"})).await;
+    let (mut bob, frame) =
+        ResumingClient::join_with_query(&ws_base(c.node(1)), &room, "bob", "password=pw-1").await;
+    assert_room_users_session(&frame, &room, "bob", &[], false);
+
+    bob.drop_connection();
+    let frame = bob.resume(c.node(0)).await;
+    assert_room_users_session(&frame, &room, "bob", &[], true);
+
+    bob.drop_connection();
+    let url = format!(
+        "{}?resume=not-a-token&last_seq=0",
+        c.node(0).ws_url(&room, "bob")
+    );
+    TestClient::expect_rejected(&url, &[], "forbidden", 4403, "bob with a bad token").await;
+}
+
+both_engines!(
+    a_kick_ends_the_token,
+    env = [
+        ("RESUME_GRACE_SECONDS", "20"),
+        ("ADMIN_TOKEN", crate::support::security::ADMIN)
+    ],
+    a_kick_ends_the_token_body
+);
+
+/// A kicked member's token resumes nothing: the next connection is an ordinary join.
+async fn a_kick_ends_the_token_body(c: &Cluster) {
+    let room = room_id();
+    let (mut alice, _alice_user, mut bob, _) = alice_and_bob(c, &room).await;
+    let token = bob.token().to_owned();
+    let path = format!("/rooms/{room}/users/bob");
+    let (status, _) = crate::support::security::admin(c.node(0), "DELETE", &path, None).await;
+    assert!((200..300).contains(&status), "kick: status {status}");
+    alice.expect_type("user_left").await;
+    bob.drop_connection();
+    let query = format!("resume={}&last_seq=0", query_value(&token));
+    let frame = bob.connect_with_query(c.node(0), &query).await;
+    assert_eq!(
+        frame["payload"]["session"]["resumed"], false,
+        "after a kick: {frame}"
+    );
+    let joined = alice.expect_type("user_joined").await;
+    assert_eq!(joined["payload"]["user_id"], "bob");
 }

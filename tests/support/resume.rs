@@ -74,6 +74,11 @@ impl ResumingClient {
 
     /// [`ResumingClient::join`] on the node at `base` (`ws://host:port`).
     pub async fn join_at(base: &str, room: &str, user: &str) -> (Self, Value) {
+        Self::join_with_query(base, room, user, "").await
+    }
+
+    /// [`ResumingClient::join_at`] with a query string (e.g. `password=...`).
+    pub async fn join_with_query(base: &str, room: &str, user: &str, query: &str) -> (Self, Value) {
         let mut client = Self {
             room: room.to_owned(),
             user: user.to_owned(),
@@ -87,7 +92,7 @@ impl ResumingClient {
             retry_after_ms: Vec::new(),
         };
         let frame = client
-            .connect(base, "", 0)
+            .connect(base, query, 0)
             .await
             .unwrap_or_else(|e| panic!("{user}@{room}: join failed: {e}"));
         assert_eq!(
