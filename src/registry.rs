@@ -399,6 +399,17 @@ impl Registry {
         outcome
     }
 
+    /// The lowest `seq` delivered to an active session of `user` in `room`.
+    pub fn delivered_seq(&self, room: &str, user: &str) -> Option<u64> {
+        self.lock().get(user).and_then(|entries| {
+            entries
+                .iter()
+                .filter(|e| e.handle.room_id.as_str() == room && e.pending.is_none())
+                .map(|e| e.numbering.last_seq)
+                .min()
+        })
+    }
+
     /// Closes the sessions of `user` in `room` still waiting on a gap after the
     /// mailbox was read: what they miss is gone.
     pub fn gap_filled(&self, room: &str, user: &str) -> usize {
@@ -474,6 +485,10 @@ impl Deliveries for Registry {
 
     fn gap_filled(&self, room: &str, user: &str) -> usize {
         Registry::gap_filled(self, room, user)
+    }
+
+    fn delivered_seq(&self, room: &str, user: &str) -> Option<u64> {
+        Registry::delivered_seq(self, room, user)
     }
 
     fn channels(&self) -> Vec<(RoomId, UserId)> {

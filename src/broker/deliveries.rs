@@ -55,6 +55,11 @@ pub trait Deliveries: Send + Sync {
     /// sessions of that user in that room. Never blocks.
     fn deliver(&self, room: &str, user: &str, text: &str) -> Delivery;
 
+    /// The lowest `seq` delivered to an active local session of `user` in `room`
+    /// (what a mailbox read must go on from); `None` when no session there is
+    /// active (a joining one gets its start from its join or resume).
+    fn delivered_seq(&self, room: &str, user: &str) -> Option<u64>;
+
     /// After the engine handed over what the member's mailbox held: a session of
     /// `user` in `room` still waiting on a gap will never see it filled (the
     /// mailbox lost it), so it is closed (the client resumes or joins again)

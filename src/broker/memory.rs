@@ -663,6 +663,9 @@ mod tests {
             *self.fills.lock().unwrap() += 1;
             0
         }
+        fn delivered_seq(&self, _: &str, _: &str) -> Option<u64> {
+            None
+        }
         fn channels(&self) -> Vec<(RoomId, UserId)> {
             Vec::new()
         }

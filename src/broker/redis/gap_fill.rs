@@ -1,18 +1,30 @@
 //! Filling gaps from mailboxes (PROTOCOL.md section 5): a numbered frame that
 //! arrives past a gap is held by the session (registry) while this reads the
-//! member's mailbox and hands over what it holds, in order; after the node's
-//! subscription was rebuilt every local member's mailbox is read once, since
-//! nothing may ever arrive to reveal what the old connection missed.
+//! member's mailbox and hands over what it holds after the last `seq` delivered, in
+//! order; after the node's subscription was rebuilt every local member's mailbox is
+//! read once, since nothing may ever arrive to reveal what the old connection
+//! missed. That sweep is one task reading pipelined batches, so a node with
+//! thousands of sessions neither floods the pool nor moves whole mailboxes: the
+//! script (`mailbox_after.lua`) returns only the frames after the given `seq`.
 //!
 //! Runs beside the subscriber's dispatch loop, never in it: one task per member
 //! with a read in flight; a gap reported meanwhile reads again afterwards.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::Script;
 
 use super::keys::Keys;
 use crate::broker::Deliveries;
 use crate::crypto::{self, PayloadCipher};
+use crate::ids::{RoomId, UserId};
+
+/// Bound of one mailbox read (or one batch of them).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Members per pipelined batch of the after-reconnect sweep.
+const SWEEP_BATCH: usize = 100;
 
 /// Reads mailboxes into the node's sessions.
 pub(super) struct GapFiller {
@@ -20,6 +32,7 @@ pub(super) struct GapFiller {
     keys: Keys,
     deliveries: Arc<dyn Deliveries>,
     cipher: Option<Arc<PayloadCipher>>,
+    script: Script,
     /// Members with a read in flight, and whether another was asked for meanwhile.
     in_flight: Mutex<HashMap<(String, String), bool>>,
 }
@@ -36,6 +49,7 @@ impl GapFiller {
             keys,
             deliveries,
             cipher,
+            script: Script::new(include_str!("lua/mailbox_after.lua")),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
@@ -61,16 +75,27 @@ impl GapFiller {
         tokio::spawn(async move { filler.run(key).await });
     }
 
-    /// Reads the mailbox of every local member (after the subscription was rebuilt).
+    /// Reads the mailbox of every local member (after the subscription was
+    /// rebuilt), in pipelined batches from one task.
     pub(super) fn request_all(self: &Arc<Self>) {
-        for (room, user) in self.deliveries.channels() {
-            self.request(room.as_str(), user.as_str());
-        }
+        let filler = self.clone();
+        tokio::spawn(async move {
+            let members = filler.deliveries.channels();
+            for batch in members.chunks(SWEEP_BATCH) {
+                if !filler.fill_batch(batch).await {
+                    tracing::warn!("could not read the mailboxes after a reconnect; a gap that shows later is filled then");
+                    return;
+                }
+            }
+        });
     }
 
     async fn run(&self, key: (String, String)) {
         loop {
-            let read = self.fill_once(&key.0, &key.1).await;
+            let read = match (RoomId::parse(&key.0), UserId::parse(&key.1)) {
+                (Ok(room), Ok(user)) => self.fill_batch(&[(room, user)]).await,
+                _ => false,
+            };
             let again = {
                 let mut in_flight = self.in_flight();
                 let again = in_flight.get(&key).copied().unwrap_or(false);
@@ -82,47 +107,66 @@ impl GapFiller {
                 again
             };
             if !again {
-                // Whatever a session still waits for is not in the mailbox: gone.
                 if read {
+                    // Whatever a session still waits for is not in the mailbox: gone.
                     self.deliveries.gap_filled(&key.0, &key.1);
+                } else {
+                    tracing::warn!(user_id = %key.1, "could not read a mailbox to fill a gap; retried at the next gap or reconnect");
                 }
                 return;
             }
         }
     }
 
-    /// One read; false when Redis could not be read (the gap stays held: the next
-    /// reconnect reads again).
-    async fn fill_once(&self, room: &str, user: &str) -> bool {
-        let mailbox = self.keys.mailbox(room, user);
+    /// One pipelined read of `members`' mailboxes after what each was delivered,
+    /// handed to their sessions; false when Redis could not be read.
+    async fn fill_batch(&self, members: &[(RoomId, UserId)]) -> bool {
+        let wanted: Vec<(&RoomId, &UserId, u64)> = members
+            .iter()
+            .filter_map(|(room, user)| {
+                let seq = self
+                    .deliveries
+                    .delivered_seq(room.as_str(), user.as_str())?;
+                Some((room, user, seq))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return true;
+        }
         let read = async {
             let mut conn = self.commands.get().await.ok()?;
-            redis::cmd("LRANGE")
-                .arg(&mailbox)
-                .arg(0)
-                .arg(-1)
-                .query_async::<Vec<String>>(&mut *conn)
+            // Pipelined EVALSHA needs the script loaded on this server first.
+            self.script
+                .prepare_invoke()
+                .load_async(&mut *conn)
                 .await
-                .ok()
+                .ok()?;
+            let mut pipe = redis::pipe();
+            for (room, user, seq) in &wanted {
+                let mut invocation = self.script.prepare_invoke();
+                invocation
+                    .key(self.keys.mailbox(room.as_str(), user.as_str()))
+                    .arg(*seq);
+                pipe.invoke_script(&invocation);
+            }
+            pipe.query_async::<Vec<Vec<String>>>(&mut *conn).await.ok()
         };
-        let Ok(Some(held)) = tokio::time::timeout(std::time::Duration::from_secs(5), read).await
-        else {
-            tracing::warn!(
-                user_id = user,
-                "could not read a mailbox to fill a gap; retried at the next reconnect"
-            );
+        let Ok(Some(replies)) = tokio::time::timeout(READ_TIMEOUT, read).await else {
             return false;
         };
-        let channel = self.keys.user_channel(room, user);
-        for text in &held {
-            match crypto::open(self.cipher.as_deref(), &channel, text) {
-                Ok(opened) => {
-                    self.deliveries.deliver(room, user, &opened);
+        for ((room, user, _), held) in wanted.iter().zip(replies) {
+            let channel = self.keys.user_channel(room.as_str(), user.as_str());
+            for text in &held {
+                match crypto::open(self.cipher.as_deref(), &channel, text) {
+                    Ok(opened) => {
+                        self.deliveries
+                            .deliver(room.as_str(), user.as_str(), &opened);
+                    }
+                    Err(e) => crate::metrics::envelope_dropped(e.label()),
                 }
-                Err(e) => crate::metrics::envelope_dropped(e.label()),
             }
+            crate::metrics::gap_filled();
         }
-        crate::metrics::gap_filled();
         true
     }
 }
