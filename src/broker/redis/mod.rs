@@ -68,7 +68,6 @@ struct Scripts {
     relay: Script,
     broadcast: Script,
     broadcast_sealed: Script,
-    restore_user: Script,
     restore_room: Script,
     heartbeat: Script,
     claim_dead: Script,
@@ -77,7 +76,7 @@ struct Scripts {
     close_room: Script,
     detach_room: Script,
     resume_room: Script,
-    resume_user: Script,
+    move_user: Script,
 }
 
 /// A relay script with the shared mailbox functions (lua/mailbox.lua) in front of
@@ -95,7 +94,7 @@ impl Scripts {
         Self {
             detach_room: Script::new(include_str!("lua/detach_room.lua")),
             resume_room: Script::new(include_str!("lua/resume_room.lua")),
-            resume_user: Script::new(include_str!("lua/resume_user.lua")),
+            move_user: Script::new(include_str!("lua/move_user.lua")),
             join_room: Script::new(include_str!("lua/join_room.lua")),
             claim_user: Script::new(include_str!("lua/claim_user.lua")),
             leave_room: Script::new(include_str!("lua/leave_room.lua")),
@@ -103,7 +102,6 @@ impl Scripts {
             relay: with_mailbox(include_str!("lua/relay.lua")),
             broadcast: with_mailbox(include_str!("lua/broadcast.lua")),
             broadcast_sealed: with_mailbox(include_str!("lua/broadcast_sealed.lua")),
-            restore_user: Script::new(include_str!("lua/restore_user.lua")),
             restore_room: Script::new(include_str!("lua/restore_room.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
@@ -1257,10 +1255,11 @@ impl RedisBroker {
         let restored: i64 = self
             .pooled("restore_user", async |conn| {
                 let mut invocation = with_keys(
-                    &self.scripts.restore_user,
+                    &self.scripts.move_user,
                     script_keys::user(&self.keys, user.as_str()),
                 );
                 let restored: i64 = invocation
+                    .arg(&session)
                     .arg(&session)
                     .arg(room)
                     .arg(&handle.joined_at)

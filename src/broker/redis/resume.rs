@@ -7,7 +7,7 @@
 //! the grace ends even when the node that detached it is gone. A resume is, like a
 //! join, ordered single-slot steps: this node records the session in its run, the
 //! room step (resume_room.lua) checks the token and the mailbox and moves the
-//! record, the user step (resume_user.lua) moves the user's hash, and the old
+//! record, the user step (move_user.lua) moves the user's hash, and the old
 //! session is told to close without a word wherever it still is.
 
 use std::time::Duration;
@@ -226,10 +226,8 @@ impl RedisBroker {
         let (resumed, previous) = resumed;
         let moved: i64 = self
             .pooled("resume_user", async |conn| {
-                let mut invocation = with_keys(
-                    &self.scripts.resume_user,
-                    script_keys::user(&self.keys, user),
-                );
+                let mut invocation =
+                    with_keys(&self.scripts.move_user, script_keys::user(&self.keys, user));
                 let moved: i64 = invocation
                     .arg(previous.session.to_string())
                     .arg(&session)

@@ -34,7 +34,7 @@ pub(super) fn detach_room(k: &Keys, room: &str) -> Vec<String> {
 }
 
 /// A join's user step (claim_user.lua), a leave's (leave_user.lua) and a restore's
-/// (restore_user.lua).
+/// (move_user.lua, which a resume uses too).
 pub(super) fn user(k: &Keys, user: &str) -> Vec<String> {
     vec![k.user(user), k.user_claim(user)]
 }

@@ -1,9 +1,11 @@
 #!lua
--- A resume's step in the user's slot: the user's hash and claim move from the
--- resumed session to the new one, unless a newer join of the user claimed it
--- meanwhile. A missing hash (expired, or Redis lost it) is written anew.
+-- The user's hash and claim move from one session to another in the user's slot,
+-- unless a newer join of the user claimed it meanwhile; a missing hash (expired,
+-- or Redis lost it) is written anew. A resume's user step moves them from the
+-- resumed session to the new one; writing a live session back after Redis lost
+-- its state is the same step with the session moving onto itself.
 -- KEYS[1] user hash, KEYS[2] the user's claim hash
--- ARGV: 1 resumed session_id, 2 new session_id, 3 room_id, 4 joined_at, 5 role,
+-- ARGV: 1 the session it moves from, 2 the session it moves to, 3 room_id, 4 joined_at, 5 role,
 --       6 node_id, 7 ttl seconds
 -- Returns 1 when moved, 0 when another session owns the user.
 local current = redis.call('HGET', KEYS[1], 'session_id')
