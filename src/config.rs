@@ -6,6 +6,8 @@
 //! | `HOST`, `PORT` | `0.0.0.0`, `8000` | listen address (HTTP and WebSocket on one port) |
 //! | `REDIS_URL` | unset | `redis://[:pw@]host:port/db` or `rediss://`; wins over the four below |
 //! | `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD` | `localhost`, `6379`, `0`, none | used when `REDIS_URL` is unset |
+//! | `REDIS_MODE` | `single` | `single`, or `sentinel` (`REDIS_URL` lists the sentinels; `cluster` is refused: not supported yet) |
+//! | `REDIS_SENTINEL_MASTER` | unset | the master's name in sentinel mode (required there, refused elsewhere) |
 //! | `KEY_PREFIX` | `signal:` | prefix of every Redis key and channel |
 //! | `ROOM_TTL_SECONDS` | `1800` | expiry of room and user keys, refreshed while users are connected |
 //! | `NODE_ID` | hostname, else a UUID | this node's name in Redis, logs and `/users` |
@@ -532,14 +534,66 @@ fn between<T: Display>(range: &RangeInclusive<T>) -> String {
 }
 
 fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTarget>, ConfigError> {
+    let mode = get("REDIS_MODE");
+    let master = get("REDIS_SENTINEL_MASTER");
+    match mode.as_deref() {
+        None | Some("single") => {
+            if let Some(master) = master {
+                return Err(invalid(
+                    "REDIS_SENTINEL_MASTER",
+                    &master,
+                    "only used with REDIS_MODE=sentinel",
+                ));
+            }
+        }
+        Some("sentinel") => {
+            let Some(master) = master.filter(|m| !m.trim().is_empty()) else {
+                return Err(invalid(
+                    "REDIS_SENTINEL_MASTER",
+                    "",
+                    "REDIS_MODE=sentinel needs the master's name",
+                ));
+            };
+            let Some(urls) = get("REDIS_URL") else {
+                return Err(invalid(
+                    "REDIS_URL",
+                    "",
+                    "REDIS_MODE=sentinel needs the sentinels: redis://host:port,redis://host:port",
+                ));
+            };
+            let target = RedisTarget::sentinel(&urls, master.trim())
+                .map_err(|e| invalid("REDIS_URL", &redact_url(&urls), &e))?;
+            return Ok(Some(target));
+        }
+        Some("cluster") => {
+            return Err(invalid(
+                "REDIS_MODE",
+                "cluster",
+                "Redis Cluster is not supported by this version yet; use single or sentinel",
+            ));
+        }
+        Some(other) => {
+            return Err(invalid(
+                "REDIS_MODE",
+                other,
+                "expected single, cluster or sentinel",
+            ));
+        }
+    }
     if let Some(url) = get("REDIS_URL") {
         let target =
             RedisTarget::from_url(&url).map_err(|e| invalid("REDIS_URL", &redact_url(&url), &e))?;
         return Ok(Some(target));
     }
-    let any_set = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"]
-        .iter()
-        .any(|v| get(v).is_some());
+    let any_set = [
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_DB",
+        "REDIS_PASSWORD",
+        "REDIS_MODE",
+    ]
+    .iter()
+    .any(|v| get(v).is_some());
     if !any_set {
         return Ok(None);
     }
@@ -600,6 +654,40 @@ mod tests {
             Ok(c) => panic!("expected an error, got {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn redis_modes_and_their_bad_combinations() {
+        let c = parse(&[
+            ("REDIS_MODE", "sentinel"),
+            ("REDIS_URL", "redis://:pw@s1:26379/1,redis://s2:26379"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        let target = c.redis.expect("sentinel target");
+        assert_eq!(target.mode(), "sentinel");
+        assert!(!format!("{target:?}").contains("pw"));
+        let e = err_text(&[
+            ("REDIS_MODE", "sentinel"),
+            ("REDIS_URL", "redis://s1:26379"),
+        ]);
+        assert!(e.contains("REDIS_SENTINEL_MASTER"), "{e}");
+        let e = err_text(&[("REDIS_MODE", "sentinel"), ("REDIS_SENTINEL_MASTER", "m")]);
+        assert!(e.contains("REDIS_URL"), "{e}");
+        let e = err_text(&[
+            ("REDIS_MODE", "sentinel"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+            ("REDIS_URL", "redis://:pw@s1:26379,not a url"),
+        ]);
+        assert!(e.contains("REDIS_URL") && !e.contains("pw@"), "{e}");
+        let e = err_text(&[("REDIS_MODE", "bogus")]);
+        assert!(e.contains("REDIS_MODE") && e.contains("single"), "{e}");
+        let e = err_text(&[("REDIS_MODE", "cluster"), ("REDIS_URL", "redis://a:1")]);
+        assert!(e.contains("REDIS_MODE"), "{e}");
+        let e = err_text(&[("REDIS_URL", "redis://a:1"), ("REDIS_SENTINEL_MASTER", "m")]);
+        assert!(e.contains("REDIS_SENTINEL_MASTER"), "{e}");
+        let single = parse(&[("REDIS_MODE", "single")]).unwrap();
+        assert_eq!(single.redis.map(|t| t.mode()), Some("single"));
     }
 
     #[test]

@@ -33,6 +33,10 @@
 //! Imports run one way (no module imports one that imports it back); data flows
 //! client → session → broker → Redis → subscriber → registry → session.
 
+// Deep async nesting (the command pool dials through Sentinel inside every
+// pooled command) passes the default query depth of the compiler.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod auth;
 pub mod broker;

@@ -2,6 +2,9 @@
 //! `signal-node healthcheck` asks a running node on this host whether it is alive
 //! (for container HEALTHCHECKs, where no curl is installed).
 
+// The node's future nests the engine's (see the same limit in lib.rs).
+#![recursion_limit = "256"]
+
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;

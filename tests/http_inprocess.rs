@@ -83,7 +83,7 @@ async fn healthz_and_readyz() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"status": "ready", "node_id": "inproc", "mode": "standalone"})
+        json!({"status": "ready", "node_id": "inproc", "mode": "standalone", "redis_mode": null})
     );
 }
 

@@ -368,6 +368,15 @@ impl Broker {
         }
     }
 
+    /// How Redis is reached (`single` or `sentinel`, PROTOCOL.md section 13);
+    /// `None` standalone.
+    pub fn redis_mode(&self) -> Option<&'static str> {
+        match self {
+            Self::Redis(b) => Some(b.redis_mode()),
+            Self::Memory(_) => None,
+        }
+    }
+
     /// `redis` or `standalone`, for logs and status endpoints.
     pub fn mode(&self) -> &'static str {
         match self {

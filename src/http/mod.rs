@@ -140,6 +140,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "status": word,
         "node_id": state.config.node_id.as_str(),
         "mode": state.broker.mode(),
+        "redis_mode": state.broker.redis_mode(),
     });
     (status, Json(body)).into_response()
 }

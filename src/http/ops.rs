@@ -53,6 +53,7 @@ pub(super) async fn stats(_: Admin, State(state): State<AppState>) -> Json<Value
     Json(json!({
         "node_id": state.config.node_id.as_str(),
         "mode": state.broker.mode(),
+        "redis_mode": state.broker.redis_mode(),
         "connections": state.connections(),
         "rooms": state.registry.rooms().len(),
         "uptime_seconds": snapshot.uptime_seconds,

@@ -23,6 +23,7 @@ mod redis;
 mod redis_watch;
 mod resume;
 pub mod security;
+mod sentinel;
 mod tls;
 mod util;
 
@@ -45,6 +46,8 @@ pub use redis::*;
 pub use redis_watch::*;
 #[allow(unused_imports)]
 pub use resume::*;
+#[allow(unused_imports)]
+pub use sentinel::*;
 #[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]

@@ -20,7 +20,7 @@ impl From<::redis::RedisError> for BrokerError {
 
 /// Whether a redis-rs error means the server is unreachable or cannot serve now
 /// (retrying elsewhere or later helps), rather than that it refused this command.
-fn is_outage(e: &::redis::RedisError) -> bool {
+pub(super) fn is_outage(e: &::redis::RedisError) -> bool {
     use ::redis::{ErrorKind, ServerErrorKind};
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
         return true;

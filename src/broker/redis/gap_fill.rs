@@ -28,7 +28,7 @@ const SWEEP_BATCH: usize = 100;
 
 /// Reads mailboxes into the node's sessions.
 pub(super) struct GapFiller {
-    commands: deadpool_redis::Pool,
+    commands: super::pool::CommandPool,
     keys: Keys,
     deliveries: Arc<dyn Deliveries>,
     cipher: Option<Arc<PayloadCipher>>,
@@ -39,7 +39,7 @@ pub(super) struct GapFiller {
 
 impl GapFiller {
     pub(super) fn new(
-        commands: deadpool_redis::Pool,
+        commands: super::pool::CommandPool,
         keys: Keys,
         deliveries: Arc<dyn Deliveries>,
         cipher: Option<Arc<PayloadCipher>>,

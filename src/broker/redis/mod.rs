@@ -13,10 +13,12 @@ mod error;
 mod gap_fill;
 pub mod keys;
 pub mod member_record;
+mod pool;
 mod relay_conn;
 mod resume;
 mod rooms;
 mod script_keys;
+mod source;
 mod subscriber;
 mod target;
 pub mod upkeep;
@@ -27,14 +29,15 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, Script};
 use tokio_util::sync::CancellationToken;
 
 use self::keys::Keys;
 use self::member_record::MemberRecord;
+use self::pool::{CommandPool, Pooled, PrimaryManager};
 use self::relay_conn::RelayConn;
+use self::source::Source;
 use self::subscriber::Subscriber;
 use super::{
     sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
@@ -123,7 +126,7 @@ pub struct RedisBroker {
     /// writes them back, reconciles and closes them.
     deliveries: Arc<dyn Deliveries>,
     ttl_secs: u64,
-    pool: Pool,
+    pool: CommandPool,
     relay: RelayConn,
     subscriber: Arc<Subscriber>,
     scripts: Scripts,
@@ -138,6 +141,8 @@ pub struct RedisBroker {
     key_state: AtomicU8,
     /// Grace, mailbox bound and hold time of resume.
     resume: ResumeSettings,
+    /// `single` or `sentinel`.
+    redis_mode: &'static str,
 }
 
 impl RedisBroker {
@@ -156,14 +161,13 @@ impl RedisBroker {
         );
         let (payload_key, resume) = (settings.payload_key, settings.resume);
         let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
-        let client = redis::Client::open(target.info.clone())?;
+        let source = Arc::new(Source::new(target)?);
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT));
-        let manager = Manager::new_with_config(target.info.clone(), conn_config)?;
-        let pool = Pool::builder(manager)
+        let pool = CommandPool::builder(PrimaryManager::new(source.clone(), conn_config))
             .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(COMMAND_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(RECYCLE_TIMEOUT))
@@ -174,10 +178,10 @@ impl RedisBroker {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let relay = RelayConn::new(client.clone(), relay_config)?;
+        let relay = RelayConn::new(source.clone(), relay_config);
         let keys = Keys::new(prefix);
         let subscriber = Arc::new(Subscriber::new(
-            client,
+            source,
             pool.clone(),
             keys.clone(),
             node_id.clone(),
@@ -199,7 +203,13 @@ impl RedisBroker {
             cipher,
             key_state: AtomicU8::new(KEY_UNCHECKED),
             resume,
+            redis_mode: target.mode(),
         })
+    }
+
+    /// `single` or `sentinel`: how this node reaches Redis.
+    pub fn redis_mode(&self) -> &'static str {
+        self.redis_mode
     }
 
     /// Keeps the subscriber connection up until `cancel`.
@@ -306,17 +316,17 @@ impl RedisBroker {
     pub(super) async fn pooled<T>(
         &self,
         op: &'static str,
-        run: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BrokerError>,
+        run: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         let result = async {
             let mut conn = self.conn().await?;
-            run(&mut conn).await
+            run(&mut *conn).await
         }
         .await;
         self.note(op, result)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
+    async fn conn(&self) -> Result<Pooled, BrokerError> {
         self.pool
             .get()
             .await
@@ -735,7 +745,8 @@ impl RedisBroker {
         op: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<i64, BrokerError> {
-        let (generation, mut conn) = self.relay.get();
+        let (generation, mut conn) =
+            self.note(op, self.relay.get().await.map_err(BrokerError::from))?;
         let started = std::time::Instant::now();
         let result = invocation.invoke_async::<i64>(&mut conn).await;
         crate::metrics::redis_op(op, started.elapsed());
@@ -748,7 +759,9 @@ impl RedisBroker {
     /// A PING over the relay connection, run with every heartbeat so a dead
     /// connection is found and replaced by upkeep rather than by a client's message.
     pub async fn ping_relay(&self) -> bool {
-        let (generation, mut conn) = self.relay.get();
+        let Ok((generation, mut conn)) = self.relay.get().await else {
+            return false;
+        };
         let ping = redis::cmd("PING");
         match tokio::time::timeout(COMMAND_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
             Ok(Ok(_)) => true,
@@ -832,7 +845,10 @@ impl RedisBroker {
     ) -> Result<usize, BrokerError> {
         let room_key = self.keys.room(room.as_str());
         let members: Vec<String> = {
-            let (generation, mut conn) = self.relay.get();
+            let (generation, mut conn) = self.note(
+                "broadcast_members",
+                self.relay.get().await.map_err(BrokerError::from),
+            )?;
             let started = std::time::Instant::now();
             let result = redis::cmd("SMEMBERS")
                 .arg(&room_key)
@@ -964,7 +980,9 @@ impl RedisBroker {
         if !key_ok {
             return false;
         }
-        let (_, mut conn) = self.relay.get();
+        let Ok((_, mut conn)) = self.relay.get().await else {
+            return false;
+        };
         let ping = redis::cmd("PING");
         let ping = ping.query_async::<String>(&mut conn);
         matches!(

@@ -47,9 +47,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Owner of the pub/sub connection.
 pub(super) struct Subscriber {
-    client: redis::Client,
+    /// Where the connection goes (the master the sentinels name, in that mode).
+    source: Arc<super::source::Source>,
     /// For publishing probes: pooled, so a probe never depends on the relay connection.
-    commands: deadpool_redis::Pool,
+    commands: super::pool::CommandPool,
     keys: Keys,
     node_channel: String,
     /// Where received envelopes go (the node's sessions).
@@ -89,8 +90,8 @@ enum Lost {
 
 impl Subscriber {
     pub(super) fn new(
-        client: redis::Client,
-        commands: deadpool_redis::Pool,
+        source: Arc<super::source::Source>,
+        commands: super::pool::CommandPool,
         keys: Keys,
         node_id: NodeId,
         deliveries: Arc<dyn Deliveries>,
@@ -107,7 +108,7 @@ impl Subscriber {
             gaps,
             ops,
             ops_queue: std::sync::Mutex::new(Some(ops_queue)),
-            client,
+            source,
             commands,
             node_channel: keys.node_channel(node_id.as_str()),
             keys,
@@ -309,7 +310,8 @@ impl Subscriber {
 
     /// Opens the connection and resubscribes every local user before it is used.
     async fn connect(&self) -> Result<PubSubStream, BrokerError> {
-        let pubsub: PubSub = tokio::time::timeout(OP_TIMEOUT, self.client.get_async_pubsub())
+        let dial = async { self.source.client().await?.get_async_pubsub().await };
+        let pubsub: PubSub = tokio::time::timeout(OP_TIMEOUT, dial)
             .await
             .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))??;
         let (mut sink, stream) = pubsub.split();

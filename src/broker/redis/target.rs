@@ -1,6 +1,10 @@
 //! Where the cluster's Redis lives, as redis-rs wants it. The configuration
 //! ([`crate::config`]) reads the environment and builds it here, so a bad URL fails
 //! at startup while only the Redis engine knows redis-rs types.
+//!
+//! Two shapes (`REDIS_MODE`, PROTOCOL.md section 13): one Redis at a fixed address,
+//! or a master found through Sentinel, asked again whenever a connection is made,
+//! so a failover moves every connection of the node to the new master.
 
 use redis::IntoConnectionInfo;
 
@@ -8,9 +12,23 @@ use redis::IntoConnectionInfo;
 #[derive(Clone)]
 pub struct RedisTarget {
     /// What redis-rs connects to.
-    pub(super) info: redis::ConnectionInfo,
-    /// `redis://host:port/db`, safe to log.
+    pub(super) kind: TargetKind,
+    /// `redis://host:port/db` (or the sentinels and master name), safe to log.
     pub display: String,
+}
+
+/// The two ways to reach the primary.
+#[derive(Clone)]
+pub(super) enum TargetKind {
+    /// One Redis at a fixed address (`REDIS_MODE=single`).
+    Single(redis::ConnectionInfo),
+    /// The master `master` that the sentinels name (`REDIS_MODE=sentinel`); the
+    /// database and credentials given with the sentinel URLs are the master's.
+    Sentinel {
+        sentinels: Vec<redis::ConnectionInfo>,
+        master: String,
+        settings: redis::RedisConnectionInfo,
+    },
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -46,19 +64,87 @@ impl RedisTarget {
         Ok(Self::from_info(info))
     }
 
+    /// Parses `REDIS_URL` as a comma-separated list of sentinels watching `master`.
+    /// The password and database of the first URL are the master's (sentinels are
+    /// asked without credentials). The error names the URL that failed, by position.
+    pub fn sentinel(urls: &str, master: &str) -> Result<Self, String> {
+        let mut sentinels = Vec::new();
+        for (i, url) in urls.split(',').map(str::trim).enumerate() {
+            if url.is_empty() {
+                return Err(format!("sentinel URL {} is empty", i + 1));
+            }
+            let info = url
+                .into_connection_info()
+                .map_err(|e| format!("sentinel URL {}: {e}", i + 1))?;
+            sentinels.push(info);
+        }
+        let Some(first) = sentinels.first() else {
+            return Err("no sentinel URL".to_owned());
+        };
+        let settings = first.redis_settings().clone();
+        let addresses: Vec<String> = sentinels.iter().map(address).collect();
+        let display = format!(
+            "sentinel master {master} via {} (db {})",
+            addresses.join(","),
+            settings.db()
+        );
+        // Sentinels are asked without the master's credentials.
+        let sentinels = sentinels
+            .into_iter()
+            .map(|s| s.set_redis_settings(redis::RedisConnectionInfo::default()))
+            .collect();
+        Ok(Self {
+            kind: TargetKind::Sentinel {
+                sentinels,
+                master: master.to_owned(),
+                settings,
+            },
+            display,
+        })
+    }
+
     fn from_info(info: redis::ConnectionInfo) -> Self {
-        let display = display_target(&info);
-        Self { info, display }
+        let display = format!("{}/{}", address(&info), info.redis_settings().db());
+        Self {
+            kind: TargetKind::Single(info),
+            display,
+        }
+    }
+
+    /// `single` or `sentinel`, for logs, `/readyz` and `/stats`.
+    pub fn mode(&self) -> &'static str {
+        match self.kind {
+            TargetKind::Single(_) => "single",
+            TargetKind::Sentinel { .. } => "sentinel",
+        }
     }
 }
 
-/// `redis://host:port/db` without credentials, for logs.
-fn display_target(info: &redis::ConnectionInfo) -> String {
-    let db = info.redis_settings().db();
+/// `redis://host:port` without credentials, for logs.
+fn address(info: &redis::ConnectionInfo) -> String {
     match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
-        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
-        redis::ConnectionAddr::Unix(path) => format!("unix://{}/{db}", path.display()),
+        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}"),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}"),
+        redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
         other => format!("{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_lists_parse_and_never_show_the_password() {
+        let t = RedisTarget::sentinel("redis://:pw@10.0.0.1:26379/2, redis://10.0.0.2:26379", "m1")
+            .expect("two sentinels");
+        assert_eq!(t.mode(), "sentinel");
+        assert!(!t.display.contains("pw"), "{}", t.display);
+        assert!(t.display.contains("m1") && t.display.contains("10.0.0.2:26379"));
+        assert!(RedisTarget::sentinel("redis://a:1,", "m").is_err());
+        assert!(RedisTarget::sentinel("redis://a:1,ftp://b", "m").is_err());
+        let single = RedisTarget::from_url("redis://:pw@h:6380/3").expect("one redis");
+        assert_eq!(single.mode(), "single");
+        assert_eq!(single.display, "redis://h:6380/3");
     }
 }

@@ -1,0 +1,65 @@
+//! The pool of command connections (joins, leaves, REST, upkeep): a deadpool
+//! manager that dials the [`Source`]'s primary, so after a Sentinel failover new
+//! connections go to the new master, and that on every checkout checks the
+//! connection still answers (and, when the primary can move, is still the master:
+//! a demoted master answers PING but refuses writes).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError};
+
+use super::source::{self, Source};
+
+/// The engine's pool of command connections.
+pub(super) type CommandPool = managed::Pool<PrimaryManager>;
+
+/// One pooled command connection (dereferences to a multiplexed connection).
+pub(super) type Pooled = managed::Object<PrimaryManager>;
+
+/// Makes and checks pooled connections to the primary.
+pub(super) struct PrimaryManager {
+    source: Arc<Source>,
+    config: AsyncConnectionConfig,
+    pings: AtomicU64,
+}
+
+impl PrimaryManager {
+    pub(super) fn new(source: Arc<Source>, config: AsyncConnectionConfig) -> Self {
+        Self {
+            source,
+            config,
+            pings: AtomicU64::new(0),
+        }
+    }
+}
+
+impl managed::Manager for PrimaryManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        let client = self.source.client().await?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        let nonce = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+        let echoed: String = redis::cmd("PING").arg(&nonce).query_async(conn).await?;
+        if echoed != nonce {
+            return Err(RecycleError::message("PING answered out of turn"));
+        }
+        if self.source.follows_failovers() && !source::is_master(conn).await {
+            return Err(RecycleError::message("no longer the master"));
+        }
+        Ok(())
+    }
+}
