@@ -21,25 +21,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server (from PATH) and waits until it answers PING.
     pub fn start() -> Self {
-        let mut last_error = String::new();
-        for _attempt in 0..3 {
-            let port = free_port();
-            let mut child = spawn_redis(port);
-            match wait_for_pong(port, &mut child) {
-                Ok(()) => {
-                    return Self {
-                        port,
-                        child: Mutex::new(Some(child)),
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = e;
-                }
-            }
-        }
-        panic!("redis-server did not start: {last_error}");
+        start_with_retries("redis-server", redis_command)
     }
 
     pub fn port(&self) -> u16 {
@@ -142,16 +124,52 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn_redis(port: u16) -> Child {
-    Command::new("redis-server")
+/// A plain private redis-server on `port`, without persistence.
+fn redis_command(port: u16) -> Command {
+    let mut command = Command::new("redis-server");
+    command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+        .args(["--save", "", "--appendonly", "no"]);
+    command
+}
+
+/// Starts what `command` builds for a free port (three tries, in case another
+/// process took the port first) and waits until it answers PING; `what` names it
+/// in the panic.
+pub(super) fn start_with_retries(what: &str, command: impl Fn(u16) -> Command) -> RedisServer {
+    let mut last_error = String::new();
+    for _attempt in 0..3 {
+        let port = free_port();
+        let mut child = spawn(what, command(port));
+        match wait_for_pong(port, &mut child) {
+            Ok(()) => {
+                return RedisServer {
+                    port,
+                    child: Mutex::new(Some(child)),
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                last_error = e;
+            }
+        }
+    }
+    panic!("the {what} did not start: {last_error}");
+}
+
+fn spawn_redis(port: u16) -> Child {
+    spawn("redis-server", redis_command(port))
+}
+
+fn spawn(what: &str, mut command: Command) -> Child {
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("cannot run redis-server: {e}; install it and put it on PATH (e.g. apt-get install redis-server)")
+            panic!("cannot run the {what}: {e}; install redis-server and put it on PATH (e.g. apt-get install redis-server)")
         })
 }
 

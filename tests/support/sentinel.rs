@@ -6,12 +6,11 @@
 //! binary is the same program and may be absent); each rewrites its own config file,
 //! so every one gets a writable file in the set's temporary directory.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::{wait_for_pong, RedisServer};
-use super::util::{free_port, TempDir, POLL};
+use super::redis::{start_with_retries, RedisServer};
+use super::util::{TempDir, POLL};
 
 /// Bound on the replica's first sync and on the sentinels discovering the
 /// replica and each other (hello messages go out every 2 s).
@@ -288,37 +287,6 @@ fn start_sentinel(dir: &TempDir, i: usize, name: &str, master_port: u16) -> Redi
             .args(["--port", &port.to_string()]);
         cmd
     })
-}
-
-/// Spawns `command(port)` on a free port until it answers PING (3 attempts: the
-/// free port may be taken between probe and bind).
-fn start_with_retries(what: &str, command: impl Fn(u16) -> Command) -> RedisServer {
-    let mut last_error = String::new();
-    for _attempt in 0..3 {
-        let port = free_port();
-        let mut child: Child = command(port)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server for the {what}: {e}; install it and put it on PATH")
-            });
-        match wait_for_pong(port, &mut child) {
-            Ok(()) => {
-                return RedisServer {
-                    port,
-                    child: Mutex::new(Some(child)),
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                last_error = e;
-            }
-        }
-    }
-    panic!("the {what} did not start: {last_error}");
 }
 
 /// Runs `redis-cli -p PORT --raw ARGS...` (bounded by CLI_TIMEOUT); its stdout, or
