@@ -1270,26 +1270,17 @@ impl RedisBroker {
     pub async fn restore(&self, handle: &LocalSession) -> Result<bool, BrokerError> {
         let user = &handle.user;
         let (room, session) = (handle.room.as_str(), handle.session.to_string());
-        let restored: i64 = self
-            .pooled("restore_user", async |conn| {
-                let mut invocation = with_keys(
-                    &self.scripts.move_user,
-                    script_keys::user(&self.keys, user.as_str()),
-                );
-                let restored: i64 = invocation
-                    .arg(&session)
-                    .arg(&session)
-                    .arg(room)
-                    .arg(&handle.joined_at)
-                    .arg(handle.role.as_str())
-                    .arg(self.node_id.as_str())
-                    .arg(self.ttl_secs)
-                    .invoke_async(&mut *conn)
-                    .await?;
-                Ok(restored)
-            })
-            .await?;
-        if restored != 1 {
+        let me = User {
+            user_id: user.to_string(),
+            room_id: room.to_owned(),
+            joined_at: handle.joined_at.clone(),
+            role: handle.role,
+        };
+        // Writing a live session back is a move of the user onto that same session.
+        if !self
+            .move_user(user.as_str(), &session, &session, &me)
+            .await?
+        {
             return Ok(false);
         }
         let record = MemberRecord {
@@ -1338,6 +1329,38 @@ pub(super) fn now_ms() -> u64 {
 /// A duration in whole milliseconds, saturating.
 pub(super) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisBroker {
+    /// The user step of a resume or a restore (move_user.lua): `user`'s hash and
+    /// claim move from session `from` to `to` (naming `me`'s room, role and join
+    /// time) unless another session owns the user. Returns whether they moved.
+    pub(super) async fn move_user(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        me: &User,
+    ) -> Result<bool, BrokerError> {
+        let moved: i64 = self
+            .pooled("move_user", async |conn| {
+                let mut invocation =
+                    with_keys(&self.scripts.move_user, script_keys::user(&self.keys, user));
+                let moved: i64 = invocation
+                    .arg(from)
+                    .arg(to)
+                    .arg(&me.room_id)
+                    .arg(&me.joined_at)
+                    .arg(me.role.as_str())
+                    .arg(self.node_id.as_str())
+                    .arg(self.ttl_secs)
+                    .invoke_async(&mut *conn)
+                    .await?;
+                Ok(moved)
+            })
+            .await?;
+        Ok(moved == 1)
+    }
 }
 
 /// A script invocation whose `KEYS` are `keys`, a list from [`script_keys`] (one

@@ -224,24 +224,15 @@ impl RedisBroker {
             return Ok(ResumeResult::Refused);
         };
         let (resumed, previous) = resumed;
-        let moved: i64 = self
-            .pooled("resume_user", async |conn| {
-                let mut invocation =
-                    with_keys(&self.scripts.move_user, script_keys::user(&self.keys, user));
-                let moved: i64 = invocation
-                    .arg(previous.session.to_string())
-                    .arg(&session)
-                    .arg(room)
-                    .arg(&previous.joined_at)
-                    .arg(previous.role.as_str())
-                    .arg(self.node_id.as_str())
-                    .arg(self.ttl_secs)
-                    .invoke_async(&mut *conn)
-                    .await?;
-                Ok(moved)
-            })
+        let moved = self
+            .move_user(
+                user,
+                &previous.session.to_string(),
+                &session,
+                &previous.user(user, room),
+            )
             .await?;
-        if moved != 1 {
+        if !moved {
             // A newer join of the user owns it: undo the room step, then close.
             self.leave_room_if(&req.room, user, &session, LeaveReason::Replaced, 0)
                 .await?;
