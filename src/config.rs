@@ -6,7 +6,7 @@
 //! | `HOST`, `PORT` | `0.0.0.0`, `8000` | listen address (HTTP and WebSocket on one port) |
 //! | `REDIS_URL` | unset | `redis://[:pw@]host:port/db` or `rediss://`; wins over the four below |
 //! | `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD` | `localhost`, `6379`, `0`, none | used when `REDIS_URL` is unset |
-//! | `REDIS_MODE` | `single` | `single`, or `sentinel` (`REDIS_URL` lists the sentinels; `cluster` is refused: not supported yet) |
+//! | `REDIS_MODE` | `single` | `single`, `cluster` (`REDIS_URL` lists seed nodes) or `sentinel` (`REDIS_URL` lists the sentinels) |
 //! | `REDIS_SENTINEL_MASTER` | unset | the master's name in sentinel mode (required there, refused elsewhere) |
 //! | `KEY_PREFIX` | `signal:` | prefix of every Redis key and channel |
 //! | `ROOM_TTL_SECONDS` | `1800` | expiry of room and user keys, refreshed while users are connected |
@@ -566,11 +566,23 @@ fn redis_target(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisTar
             return Ok(Some(target));
         }
         Some("cluster") => {
-            return Err(invalid(
-                "REDIS_MODE",
-                "cluster",
-                "Redis Cluster is not supported by this version yet; use single or sentinel",
-            ));
+            if let Some(master) = master {
+                return Err(invalid(
+                    "REDIS_SENTINEL_MASTER",
+                    &master,
+                    "only used with REDIS_MODE=sentinel",
+                ));
+            }
+            let Some(urls) = get("REDIS_URL") else {
+                return Err(invalid(
+                    "REDIS_URL",
+                    "",
+                    "REDIS_MODE=cluster needs seed nodes: redis://host:port,redis://host:port",
+                ));
+            };
+            let target = RedisTarget::cluster(&urls)
+                .map_err(|e| invalid("REDIS_URL", &redact_url(&urls), &e))?;
+            return Ok(Some(target));
         }
         Some(other) => {
             return Err(invalid(
@@ -682,8 +694,30 @@ mod tests {
         assert!(e.contains("REDIS_URL") && !e.contains("pw@"), "{e}");
         let e = err_text(&[("REDIS_MODE", "bogus")]);
         assert!(e.contains("REDIS_MODE") && e.contains("single"), "{e}");
-        let e = err_text(&[("REDIS_MODE", "cluster"), ("REDIS_URL", "redis://a:1")]);
-        assert!(e.contains("REDIS_MODE"), "{e}");
+        let cluster = parse(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://:pw@a:7000, redis://b:7001"),
+        ])
+        .unwrap();
+        let target = cluster.redis.expect("cluster target");
+        assert_eq!(target.mode(), "cluster");
+        assert!(!format!("{target:?}").contains("pw"));
+        let e = err_text(&[("REDIS_MODE", "cluster")]);
+        assert!(e.contains("REDIS_URL") && e.contains("seed"), "{e}");
+        let e = err_text(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://:pw@a:7000,not a url"),
+        ]);
+        assert!(
+            e.contains("REDIS_URL") && e.contains("2") && !e.contains("pw@"),
+            "{e}"
+        );
+        let e = err_text(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a:7000"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+        ]);
+        assert!(e.contains("REDIS_SENTINEL_MASTER"), "{e}");
         let e = err_text(&[("REDIS_URL", "redis://a:1"), ("REDIS_SENTINEL_MASTER", "m")]);
         assert!(e.contains("REDIS_SENTINEL_MASTER"), "{e}");
         let single = parse(&[("REDIS_MODE", "single")]).unwrap();

@@ -31,6 +31,12 @@ pub const RELAY_PUBLISH_SECONDS: &str = "signal_relay_publish_seconds";
 pub const RELAY_DELIVERY_SECONDS: &str = "signal_relay_delivery_seconds";
 /// Whether Redis answers (gauge 0/1; 1 in standalone mode).
 pub const REDIS_UP: &str = "signal_redis_up";
+/// How this node reaches Redis: 1 for its `mode` (`single`, `sentinel`, `cluster`)
+/// (gauge, set once at startup).
+pub const REDIS_MODE: &str = "signal_redis_mode_info";
+/// Redis Cluster masters by `state` (`up`: answered the last check, `down`), as
+/// `/readyz` last saw them (gauge; cluster mode only).
+pub const REDIS_SHARDS: &str = "signal_redis_shards";
 /// Redis commands that Redis answered with an error (WRONGTYPE, a script error),
 /// by `op` (counter). Not an outage: `signal_redis_up` stays 1.
 pub const REDIS_COMMAND_ERRORS: &str = "signal_redis_command_errors_total";
@@ -133,6 +139,17 @@ pub fn redis_op(op: &'static str, took: Duration) {
 /// Redis reachability changed.
 pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records how this node reaches Redis.
+pub fn redis_mode(mode: &'static str) {
+    gauge!(REDIS_MODE, "mode" => mode).set(1.0);
+}
+
+/// Records how many cluster masters answered the last check.
+pub fn redis_shards(up: usize, down: usize) {
+    gauge!(REDIS_SHARDS, "state" => "up").set(up as f64);
+    gauge!(REDIS_SHARDS, "state" => "down").set(down as f64);
 }
 
 /// Redis answered the command `op` with an error.

@@ -17,6 +17,7 @@ both_engines!(
     nodes = 3,
     join_sequence
 );
+on_redis_cluster!(join_sequence_on_redis_cluster, nodes = 3, join_sequence);
 
 /// Each newcomer first gets one room_users listing the members already there; each member gets user_joined with its USER.
 async fn join_sequence(c: &Cluster) {
@@ -44,6 +45,7 @@ both_engines!(
     signaling_is_relayed_untouched_with_server_set_from,
     relay_signaling
 );
+on_redis_cluster!(relay_signaling_on_redis_cluster, relay_signaling);
 
 /// sdp_offer, sdp_answer, ice_candidate and app messages reach their target exactly as sent, `from` set by the server, `id` dropped.
 async fn relay_signaling(c: &Cluster) {
@@ -124,6 +126,7 @@ async fn relay_signaling(c: &Cluster) {
 // ---------------------------------------------------------------------------
 
 both_engines!(broadcast_reaches_every_other_member, nodes = 3, broadcast);
+on_redis_cluster!(broadcast_on_redis_cluster, nodes = 3, broadcast);
 
 /// A message without target (absent or null) reaches every other member of the room only, without a `target` key.
 async fn broadcast(c: &Cluster) {
@@ -515,6 +518,7 @@ async fn invalid_url_ids(c: &Cluster) {
 // ---------------------------------------------------------------------------
 
 both_engines!(closing_the_socket_announces_user_left, leave);
+on_redis_cluster!(leave_on_redis_cluster, leave);
 
 /// A member that closes its socket is announced as user_left "left" and vanishes from the REST API.
 async fn leave(c: &Cluster) {
@@ -628,6 +632,7 @@ both_engines!(
     reconnect_into_another_room_announces_replaced,
     replace_other_room
 );
+on_redis_cluster!(replace_other_room_on_redis_cluster, replace_other_room);
 
 /// A user reconnecting into another room is replaced (4409), and its old room sees user_left "replaced".
 async fn replace_other_room(c: &Cluster) {
@@ -669,6 +674,7 @@ async fn replace_other_room(c: &Cluster) {
 // ---------------------------------------------------------------------------
 
 both_engines!(rest_api_reports_members_users_and_health, rest_api);
+on_redis_cluster!(rest_api_on_redis_cluster, rest_api);
 
 /// GET /rooms/{r}/users, /users/{u}, /healthz and /readyz answer the documented shapes and errors on every node.
 async fn rest_api(c: &Cluster) {

@@ -273,6 +273,17 @@ impl ResumeSettings {
     }
 }
 
+/// One Redis Cluster master as `/readyz` and `/stats` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardHealth {
+    /// `host:port` of the master.
+    pub address: String,
+    /// How many of the 16384 slots it serves.
+    pub slots: u32,
+    /// Whether it answered a PING just now.
+    pub up: bool,
+}
+
 /// The state store as `/stats` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreStatus {
@@ -368,8 +379,17 @@ impl Broker {
         }
     }
 
-    /// How Redis is reached (`single` or `sentinel`, PROTOCOL.md section 13);
-    /// `None` standalone.
+    /// Each Redis Cluster master, its slot count and whether it answers a PING now
+    /// (for `/readyz` and `/stats`); `None` unless the node runs on a cluster.
+    pub async fn shards(&self) -> Option<Vec<ShardHealth>> {
+        match self {
+            Self::Redis(b) => b.shard_health().await,
+            Self::Memory(_) => None,
+        }
+    }
+
+    /// How Redis is reached (`single`, `sentinel` or `cluster`, PROTOCOL.md
+    /// section 13); `None` standalone.
     pub fn redis_mode(&self) -> Option<&'static str> {
         match self {
             Self::Redis(b) => Some(b.redis_mode()),

@@ -136,11 +136,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let body = json!({
+    let mut body = json!({
         "status": word,
         "node_id": state.config.node_id.as_str(),
         "mode": state.broker.mode(),
         "redis_mode": state.broker.redis_mode(),
     });
+    if let Some(shards) = state.broker.shards().await {
+        body["shards"] = json!(shards);
+    }
     (status, Json(body)).into_response()
 }

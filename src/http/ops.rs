@@ -45,11 +45,14 @@ pub(super) async fn metrics(
 
 pub(super) async fn stats(_: Admin, State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.stats.snapshot();
-    let redis = match state.broker.store_status().await {
+    let mut redis = match state.broker.store_status().await {
         StoreStatus::Standalone => json!({"state": "standalone"}),
         StoreStatus::Up { used_memory } => json!({"state": "up", "used_memory": used_memory}),
         StoreStatus::Down => json!({"state": "down", "used_memory": null}),
     };
+    if let Some(shards) = state.broker.shards().await {
+        redis["shards"] = json!(shards);
+    }
     Json(json!({
         "node_id": state.config.node_id.as_str(),
         "mode": state.broker.mode(),

@@ -1,20 +1,24 @@
-//! The cluster fixture: one standalone node or a Redis plus nodes under a fresh
-//! KEY_PREFIX, so that one test body runs on both engines; joining helpers.
+//! The cluster fixture: one standalone node, or a Redis (one server, or a private
+//! Redis Cluster) plus nodes under a fresh KEY_PREFIX, so that one test body runs
+//! on every engine and deployment; joining helpers.
 
 use serde_json::Value;
 
 use super::assert::{assert_user, user_joined};
 use super::client::TestClient;
+use super::key_store::KeyStore;
 use super::node::TestNode;
 use super::redis::RedisServer;
+use super::redis_cluster::RedisCluster;
 use super::util::{key_prefix, room_id};
 
-/// Either one standalone node, or one RedisServer plus `n` nodes sharing a unique
-/// KEY_PREFIX.
+/// Either one standalone node, or one RedisServer (or Redis Cluster) plus `n`
+/// nodes sharing a unique KEY_PREFIX.
 pub struct Cluster {
     // Nodes are declared first so that they are dropped before their Redis.
     nodes: Vec<TestNode>,
     redis: Option<RedisServer>,
+    redis_cluster: Option<RedisCluster>,
     prefix: String,
 }
 
@@ -29,6 +33,7 @@ impl Cluster {
         Self {
             nodes: vec![node],
             redis: None,
+            redis_cluster: None,
             prefix,
         }
     }
@@ -44,22 +49,56 @@ impl Cluster {
         Self {
             nodes,
             redis: Some(redis),
+            redis_cluster: None,
+            prefix,
+        }
+    }
+
+    /// `n` nodes in `REDIS_MODE=cluster` on a private 3-master Redis Cluster.
+    pub async fn redis_cluster_with(n: usize, extra_env: &[(&str, &str)]) -> Self {
+        let redis_cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+            .await
+            .expect("start a Redis Cluster");
+        let prefix = key_prefix();
+        let nodes = start_cluster_nodes(&redis_cluster, &prefix, n, extra_env).await;
+        Self {
+            nodes,
+            redis: None,
+            redis_cluster: Some(redis_cluster),
             prefix,
         }
     }
 
     /// Node `i`. Standalone: the only node, whatever `i` is.
     pub fn node(&self, i: usize) -> &TestNode {
-        match self.redis {
-            None => &self.nodes[0],
-            Some(_) => self.nodes.get(i).unwrap_or_else(|| {
-                panic!("the cluster has {} nodes, no node({i})", self.nodes.len())
-            }),
+        if !self.is_redis() {
+            return &self.nodes[0];
+        }
+        self.nodes
+            .get(i)
+            .unwrap_or_else(|| panic!("the cluster has {} nodes, no node({i})", self.nodes.len()))
+    }
+
+    /// Whether the nodes share a Redis (one server or a Redis Cluster).
+    pub fn is_redis(&self) -> bool {
+        self.redis.is_some() || self.redis_cluster.is_some()
+    }
+
+    /// Where the nodes' keys are, for layout and cleanup checks; panics on a
+    /// standalone cluster.
+    pub fn store(&self) -> &dyn KeyStore {
+        match (&self.redis, &self.redis_cluster) {
+            (Some(redis), _) => redis,
+            (_, Some(redis_cluster)) => redis_cluster,
+            _ => panic!("this cluster has no Redis"),
         }
     }
 
-    pub fn is_redis(&self) -> bool {
-        self.redis.is_some()
+    /// The Redis Cluster under the nodes; panics unless there is one.
+    pub fn redis_cluster(&self) -> &RedisCluster {
+        self.redis_cluster
+            .as_ref()
+            .expect("this cluster has no Redis Cluster")
     }
 
     /// The cluster's Redis; panics on a standalone cluster.
@@ -90,6 +129,19 @@ pub async fn start_nodes(
     extra_env: &[(&str, &str)],
 ) -> Vec<TestNode> {
     futures::future::join_all((0..n).map(|_| TestNode::start(Some(redis), prefix, extra_env))).await
+}
+
+/// Starts `n` nodes in cluster mode on `redis_cluster` concurrently.
+pub async fn start_cluster_nodes(
+    redis_cluster: &RedisCluster,
+    prefix: &str,
+    n: usize,
+    extra_env: &[(&str, &str)],
+) -> Vec<TestNode> {
+    let owned = redis_cluster.node_env();
+    let mut env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra_env);
+    futures::future::join_all((0..n).map(|_| TestNode::start(None, prefix, &env))).await
 }
 
 /// Connects `user` to `room` on `node` and returns the client and its own USER.

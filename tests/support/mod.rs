@@ -6,10 +6,12 @@
 //! timeouts. It does not decide what a test expects: tests build the exact frames.
 //!
 //! One submodule per topic, all re-exported here (`use support::*;`): `util`
-//! (timeouts, ids, ports, polling, temp dirs), `redis`, `node`, `http`, `cluster`,
+//! (timeouts, ids, ports, polling, temp dirs), `redis`, `key_store` (keys on one
+//! Redis or over a Redis Cluster's masters), `node`, `http`, `cluster`,
 //! `client` (WebSocket), `assert` (frame builders and shapes), `proxy` (freezable
-//! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `resume` (a client that
-//! resumes its session, PROTOCOL.md section 11), `tls`; and
+//! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `sentinel` and
+//! `redis_cluster` (a real Sentinel deployment, a real Redis Cluster), `resume` (a
+//! client that resumes its session, PROTOCOL.md section 11), `tls`; and
 //! `security`, helpers of the security suites, used as `support::security::*`.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
@@ -17,9 +19,11 @@ mod assert;
 mod client;
 mod cluster;
 mod http;
+mod key_store;
 mod node;
 mod proxy;
 mod redis;
+mod redis_cluster;
 mod redis_watch;
 mod resume;
 pub mod security;
@@ -37,11 +41,15 @@ pub use cluster::*;
 #[allow(unused_imports)]
 pub use http::*;
 #[allow(unused_imports)]
+pub use key_store::*;
+#[allow(unused_imports)]
 pub use node::*;
 #[allow(unused_imports)]
 pub use proxy::*;
 #[allow(unused_imports)]
 pub use redis::*;
+#[allow(unused_imports)]
+pub use redis_cluster::*;
 #[allow(unused_imports)]
 pub use redis_watch::*;
 #[allow(unused_imports)]
@@ -78,6 +86,32 @@ macro_rules! both_engines {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 let cluster = $crate::support::Cluster::redis_with($n, &[$($kv),*]).await;
+                super::$body(&cluster).await;
+            }
+        }
+    };
+}
+
+/// Generates `mod $name { redis_cluster }`: the async fn `$body(&Cluster)` runs on
+/// nodes (2 unless `nodes = N`) in `REDIS_MODE=cluster` on a private 3-master Redis
+/// Cluster (PROTOCOL.md section 13). Used beside `both_engines!` for the shared
+/// scenarios that must hold on every deployment.
+#[allow(unused_macros)] // Not every test binary uses it.
+macro_rules! on_redis_cluster {
+    ($name:ident, $body:ident) => {
+        on_redis_cluster!($name, nodes = 2, env = [], $body);
+    };
+    ($name:ident, nodes = $n:expr, $body:ident) => {
+        on_redis_cluster!($name, nodes = $n, env = [], $body);
+    };
+    ($name:ident, env = [$($kv:expr),* $(,)?], $body:ident) => {
+        on_redis_cluster!($name, nodes = 2, env = [$($kv),*], $body);
+    };
+    ($name:ident, nodes = $n:expr, env = [$($kv:expr),* $(,)?], $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                let cluster = $crate::support::Cluster::redis_cluster_with($n, &[$($kv),*]).await;
                 super::$body(&cluster).await;
             }
         }

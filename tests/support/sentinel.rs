@@ -248,18 +248,25 @@ fn start_server(dir: &TempDir, role: &str, extra: &[&str]) -> RedisServer {
     std::fs::create_dir_all(&data).expect("create a redis data dir");
     let data = data.to_string_lossy().into_owned();
     start_with_retries(role, |port| {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", &data])
-            .args([
-                "--repl-diskless-sync",
-                "yes",
-                "--repl-diskless-sync-delay",
-                "0",
-            ])
-            .args(extra);
+        let mut cmd = data_server_command(port, &data);
+        cmd.args(extra);
         cmd
     })
+}
+
+/// `redis-server` on `port` holding data (also the Redis Cluster's nodes): files in
+/// `data`, no persistence, diskless replication without delay.
+pub(super) fn data_server_command(port: u16, data: &str) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir", data])
+        .args([
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]);
+    cmd
 }
 
 /// Starts sentinel `i` watching `master_port` under `name`, from its own config file.
@@ -323,7 +330,7 @@ pub fn try_redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
 }
 
 /// The value of `field:value` in an INFO answer.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+pub(super) fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))
 }
@@ -348,7 +355,7 @@ fn entries_field(answer: &str, field: &str) -> Vec<String> {
 
 /// Polls `check` until it is `Ok`; panics naming `what` and the last error after
 /// `within`. Blocking (the harness's process helpers are synchronous).
-fn wait_until(
+pub(super) fn wait_until(
     within: Duration,
     what: impl std::fmt::Display,
     mut check: impl FnMut() -> Result<(), String>,

@@ -141,15 +141,19 @@ impl GapFiller {
                 .load_async(&mut *conn)
                 .await
                 .ok()?;
-            let mut pipe = redis::pipe();
-            for (room, user, seq) in &wanted {
-                let mut invocation = self.script.prepare_invoke();
-                invocation
-                    .key(self.keys.mailbox(room.as_str(), user.as_str()))
-                    .arg(*seq);
-                pipe.invoke_script(&invocation);
-            }
-            pipe.query_async::<Vec<Vec<String>>>(&mut *conn).await.ok()
+            let cmds = wanted
+                .iter()
+                .map(|(room, user, seq)| {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(self.script.get_hash())
+                        .arg(1)
+                        .arg(self.keys.mailbox(room.as_str(), user.as_str()))
+                        .arg(*seq);
+                    cmd
+                })
+                .collect();
+            let replies = super::conn::query_per_slot(&mut conn, cmds).await.ok()?;
+            super::conn::parse::<Vec<Vec<String>>>(redis::Value::Array(replies)).ok()
         };
         let Ok(Some(replies)) = tokio::time::timeout(READ_TIMEOUT, read).await else {
             return false;

@@ -9,15 +9,18 @@
 //! scripts (`lua/`), atomic and one round trip each. Whether Redis answers is
 //! tracked here and logged once per change, not once per failed command.
 
+mod conn;
 mod error;
 mod gap_fill;
 pub mod keys;
 pub mod member_record;
 mod pool;
+mod pubsub_link;
 mod relay_conn;
 mod resume;
 mod rooms;
 mod script_keys;
+mod shards;
 mod source;
 mod subscriber;
 mod target;
@@ -84,27 +87,56 @@ struct Scripts {
 
 /// A relay script with the shared mailbox functions (lua/mailbox.lua) in front of
 /// its body, after its shebang line.
-fn with_mailbox(script: &str) -> Script {
+fn with_mailbox(script: &str, publish: Publish) -> Script {
     let body = script.strip_prefix("#!lua\n").unwrap_or(script);
-    Script::new(&format!(
+    publish.script(&format!(
         "#!lua\n{}\n{body}",
         include_str!("lua/mailbox.lua")
     ))
 }
 
+/// How deliveries are published: `PUBLISH` on one server, `SPUBLISH` (sharded
+/// pub/sub, PROTOCOL.md section 13) on a Redis Cluster, so a message goes only to
+/// the shard that owns its channel instead of to every shard.
+#[derive(Clone, Copy)]
+pub(super) enum Publish {
+    Classic,
+    Sharded,
+}
+
+impl Publish {
+    fn command(self) -> &'static str {
+        match self {
+            Self::Classic => "PUBLISH",
+            Self::Sharded => "SPUBLISH",
+        }
+    }
+
+    /// `source` with its `redis.call('PUBLISH', ...)` calls made `SPUBLISH` when
+    /// sharded (the scripts are written once, for both).
+    fn script(self, source: &str) -> Script {
+        match self {
+            Self::Classic => Script::new(source),
+            Self::Sharded => {
+                Script::new(&source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
+            }
+        }
+    }
+}
+
 impl Scripts {
-    fn load() -> Self {
+    fn load(publish: Publish) -> Self {
         Self {
             detach_room: Script::new(include_str!("lua/detach_room.lua")),
             resume_room: Script::new(include_str!("lua/resume_room.lua")),
             move_user: Script::new(include_str!("lua/move_user.lua")),
-            join_room: Script::new(include_str!("lua/join_room.lua")),
+            join_room: publish.script(include_str!("lua/join_room.lua")),
             claim_user: Script::new(include_str!("lua/claim_user.lua")),
-            leave_room: Script::new(include_str!("lua/leave_room.lua")),
+            leave_room: publish.script(include_str!("lua/leave_room.lua")),
             leave_user: Script::new(include_str!("lua/leave_user.lua")),
-            relay: with_mailbox(include_str!("lua/relay.lua")),
-            broadcast: with_mailbox(include_str!("lua/broadcast.lua")),
-            broadcast_sealed: with_mailbox(include_str!("lua/broadcast_sealed.lua")),
+            relay: with_mailbox(include_str!("lua/relay.lua"), publish),
+            broadcast: with_mailbox(include_str!("lua/broadcast.lua"), publish),
+            broadcast_sealed: with_mailbox(include_str!("lua/broadcast_sealed.lua"), publish),
             restore_room: Script::new(include_str!("lua/restore_room.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
@@ -141,8 +173,12 @@ pub struct RedisBroker {
     key_state: AtomicU8,
     /// Grace, mailbox bound and hold time of resume.
     resume: ResumeSettings,
-    /// `single` or `sentinel`.
+    /// `single`, `sentinel` or `cluster`.
     redis_mode: &'static str,
+    /// `PUBLISH` or `SPUBLISH`.
+    publish: Publish,
+    /// The source of connections (for the cluster's shard list).
+    source: Arc<Source>,
 }
 
 impl RedisBroker {
@@ -162,6 +198,13 @@ impl RedisBroker {
         let (payload_key, resume) = (settings.payload_key, settings.resume);
         let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
         let source = Arc::new(Source::new(target)?);
+        let source_for_shards = source.clone();
+        crate::metrics::redis_mode(target.mode());
+        let publish = if source.is_cluster() {
+            Publish::Sharded
+        } else {
+            Publish::Classic
+        };
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT));
@@ -197,17 +240,19 @@ impl RedisBroker {
             pool,
             relay,
             subscriber,
-            scripts: Scripts::load(),
+            scripts: Scripts::load(publish),
             reachable: AtomicBool::new(true),
             command_errors: CommandErrorLog::default(),
             cipher,
             key_state: AtomicU8::new(KEY_UNCHECKED),
             resume,
             redis_mode: target.mode(),
+            publish,
+            source: source_for_shards,
         })
     }
 
-    /// `single` or `sentinel`: how this node reaches Redis.
+    /// `single`, `sentinel` or `cluster`: how this node reaches Redis.
     pub fn redis_mode(&self) -> &'static str {
         self.redis_mode
     }
@@ -313,10 +358,10 @@ impl RedisBroker {
     /// Runs `run` on a pooled connection and records whether Redis answered, so
     /// every control-plane command shares one checkout, error mapping and
     /// reachability log. `op` names the command in logs and metrics.
-    pub(super) async fn pooled<T>(
+    async fn pooled<T>(
         &self,
         op: &'static str,
-        run: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection) -> Result<T, BrokerError>,
+        run: impl AsyncFnOnce(&mut conn::RedisConn) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         let result = async {
             let mut conn = self.conn().await?;
@@ -542,7 +587,7 @@ impl RedisBroker {
         let channel = self.keys.user_channel(room.as_str(), user);
         let envelope = self.seal(&channel, envelope);
         self.pooled("publish", async |conn| {
-            redis::cmd("PUBLISH")
+            redis::cmd(self.publish.command())
                 .arg(&channel)
                 .arg(envelope)
                 .query_async::<i64>(&mut *conn)
@@ -939,45 +984,80 @@ impl RedisBroker {
         let mut rooms: Vec<&RoomId> = members.iter().map(|(_, r)| r).collect();
         rooms.sort();
         rooms.dedup();
-        let mut pipe = redis::pipe();
+        let mut keys = Vec::new();
         for (user, _) in members {
-            for key in [
-                self.keys.user(user.as_str()),
-                self.keys.user_claim(user.as_str()),
-            ] {
-                pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
-            }
+            keys.push(self.keys.user(user.as_str()));
+            keys.push(self.keys.user_claim(user.as_str()));
         }
         for room in rooms {
-            for key in [
-                self.keys.room(room.as_str()),
-                self.keys.room_members(room.as_str()),
-                self.keys.room_seq(room.as_str()),
-            ] {
-                pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
-            }
-            pipe.cmd("EXPIRE")
-                .arg(self.keys.room_meta(room.as_str()))
-                .arg(self.ttl_secs)
-                .ignore();
+            keys.push(self.keys.room(room.as_str()));
+            keys.push(self.keys.room_members(room.as_str()));
+            keys.push(self.keys.room_seq(room.as_str()));
+            keys.push(self.keys.room_meta(room.as_str()));
         }
+        let cmds = keys
+            .into_iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("EXPIRE");
+                cmd.arg(key).arg(self.ttl_secs);
+                cmd
+            })
+            .collect();
         self.pooled("refresh", async |conn| {
-            pipe.query_async::<()>(&mut *conn).await?;
+            conn::query_per_slot(conn, cmds).await?;
             Ok(())
         })
         .await
+    }
+
+    /// Each master of the cluster and whether it answers (cluster mode only);
+    /// `Some(empty)` when the topology cannot be read at all.
+    pub(super) async fn shard_health(&self) -> Option<Vec<super::ShardHealth>> {
+        if !self.source.is_cluster() {
+            return None;
+        }
+        let check = async {
+            let mut conn = self.source.cluster().await.ok()?;
+            let shards = shards::shards(&mut conn).await.ok()?;
+            let pings = shards.iter().map(|shard| {
+                let mut conn = conn.clone();
+                async move { shards::answers(&mut conn, shard).await }
+            });
+            let answers = futures::future::join_all(pings).await;
+            Some(
+                shards
+                    .iter()
+                    .zip(answers)
+                    .map(|(shard, up)| super::ShardHealth {
+                        address: shard.address(),
+                        slots: shard.slot_count(),
+                        up,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let health = tokio::time::timeout(COMMAND_TIMEOUT, check)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let up = health.iter().filter(|s| s.up).count();
+        crate::metrics::redis_shards(up, health.len() - up);
+        Some(health)
     }
 
     pub(super) async fn ready(&self) -> bool {
         if !self.subscriber.is_connected() {
             return false;
         }
-        // Never ready before the payload key was compared with the cluster's.
-        let key_ok = match self.key_state.load(Ordering::Acquire) {
-            KEY_UNCHECKED => self.check_payload_key().await.unwrap_or(false),
-            state => state == KEY_MATCHES,
-        };
-        if !key_ok {
+        if let Some(shards) = self.shard_health().await {
+            // Every slot must be served: a master that does not answer means
+            // some rooms cannot relay.
+            return shards.iter().all(|s| s.up)
+                && shards.iter().map(|s| s.slots).sum::<u32>() == 16384
+                && self.key_ok().await;
+        }
+        if !self.key_ok().await {
             return false;
         }
         let Ok((_, mut conn)) = self.relay.get().await else {
@@ -989,6 +1069,14 @@ impl RedisBroker {
             tokio::time::timeout(Duration::from_secs(1), ping).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Never ready before the payload key was compared with the cluster's.
+    async fn key_ok(&self) -> bool {
+        match self.key_state.load(Ordering::Acquire) {
+            KEY_UNCHECKED => self.check_payload_key().await.unwrap_or(false),
+            state => state == KEY_MATCHES,
+        }
     }
 
     /// This node's current run if it is registered on the current subscriber
@@ -1101,19 +1189,19 @@ impl RedisBroker {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // One read per heartbeat key (each its own slot), pipelined.
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HMGET")
-                .arg(self.keys.node(id))
-                .arg("run")
-                .arg("info");
-        }
+        // One read per heartbeat key (each its own slot), pipelined per slot.
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.keys.node(id)).arg("run").arg("info");
+                cmd
+            })
+            .collect();
         let beats: Vec<(Option<String>, Option<String>)> = self
             .pooled("nodes", async |conn| {
-                let beats: Vec<(Option<String>, Option<String>)> =
-                    pipe.query_async(&mut *conn).await?;
-                Ok(beats)
+                let replies = conn::query_per_slot(conn, cmds).await?;
+                Ok(conn::parse(redis::Value::Array(replies))?)
             })
             .await?;
         let by_id: std::collections::HashMap<&str, &(Option<String>, Option<String>)> =
@@ -1145,8 +1233,12 @@ impl RedisBroker {
             .collect())
     }
 
-    /// Redis's `used_memory` (INFO memory), in bytes.
+    /// Redis's `used_memory` (INFO memory), in bytes; on a cluster the sum over
+    /// its masters.
     pub async fn used_memory(&self) -> Result<Option<u64>, BrokerError> {
+        if self.source.is_cluster() {
+            return self.cluster_used_memory().await;
+        }
         let info = self
             .pooled("used_memory", async |conn| {
                 let info: String = redis::cmd("INFO")
@@ -1156,10 +1248,24 @@ impl RedisBroker {
                 Ok(info)
             })
             .await?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok()))
+        Ok(parse_used_memory(&info))
+    }
+
+    async fn cluster_used_memory(&self) -> Result<Option<u64>, BrokerError> {
+        let read = async {
+            let mut conn = self.source.cluster().await?;
+            let mut total = 0;
+            for shard in shards::shards(&mut conn).await? {
+                let info = shards::info_memory(&mut conn, &shard).await?;
+                total += parse_used_memory(&info).unwrap_or(0);
+            }
+            Ok::<_, redis::RedisError>(Some(total))
+        };
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, read)
+            .await
+            .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
+            .and_then(|r| r.map_err(BrokerError::from));
+        self.note("used_memory", result)
     }
 
     /// Registered incarnations, other than this node's current run, that are dead:
@@ -1446,4 +1552,11 @@ fn records_to_members(flat: &[String], room: &RoomId) -> Result<Vec<Member>, Bro
             Some((record.user(&pair[0], room.as_str()), record.session))
         })
         .collect())
+}
+
+/// `used_memory` of an `INFO memory` reply.
+fn parse_used_memory(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
 }

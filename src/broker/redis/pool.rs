@@ -2,21 +2,23 @@
 //! manager that dials the [`Source`]'s primary, so after a Sentinel failover new
 //! connections go to the new master, and that on every checkout checks the
 //! connection still answers (and, when the primary can move, is still the master:
-//! a demoted master answers PING but refuses writes).
+//! a demoted master answers PING but refuses writes). On a Redis Cluster every
+//! pooled object is a handle to the node's one cluster connection, which keeps its
+//! per-shard connections healthy by itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 
+use super::conn::RedisConn;
 use super::source::{self, Source};
 
 /// The engine's pool of command connections.
 pub(super) type CommandPool = managed::Pool<PrimaryManager>;
 
-/// One pooled command connection (dereferences to a multiplexed connection).
+/// One pooled command connection (dereferences to a [`RedisConn`]).
 pub(super) type Pooled = managed::Object<PrimaryManager>;
 
 /// Makes and checks pooled connections to the primary.
@@ -37,21 +39,25 @@ impl PrimaryManager {
 }
 
 impl managed::Manager for PrimaryManager {
-    type Type = MultiplexedConnection;
+    type Type = RedisConn;
     type Error = RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn create(&self) -> Result<RedisConn, RedisError> {
+        if self.source.is_cluster() {
+            return Ok(RedisConn::Cluster(self.source.cluster().await?));
+        }
         let client = self.source.client().await?;
-        client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await
+            .await?;
+        Ok(RedisConn::Multiplexed(conn))
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        _: &Metrics,
-    ) -> RecycleResult<RedisError> {
+    async fn recycle(&self, conn: &mut RedisConn, _: &Metrics) -> RecycleResult<RedisError> {
+        if matches!(conn, RedisConn::Cluster(_)) {
+            // A PING would go to every shard; the cluster connection repairs itself.
+            return Ok(());
+        }
         let nonce = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
         let echoed: String = redis::cmd("PING").arg(&nonce).query_async(conn).await?;
         if echoed != nonce {

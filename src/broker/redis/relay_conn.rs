@@ -5,12 +5,15 @@
 //! connection, and the next relay dials afresh. When the primary can move
 //! (Sentinel), any failure that says the server is gone or no longer the master
 //! replaces it too, and the next relay dials whichever master the sentinels name.
+//! On a Redis Cluster the relay uses the node's shared cluster connection, which
+//! follows redirections, reconnects shards and refreshes its topology by itself.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 
+use super::conn::RedisConn;
 use super::source::Source;
 
 /// The current relay connection and a generation number, so that of several
@@ -41,7 +44,15 @@ impl RelayConn {
 
     /// A handle to the current connection (cheap: a shared sender) and its
     /// generation, dialling the primary first when there is none.
-    pub(super) async fn get(&self) -> Result<(u64, ConnectionManager), RedisError> {
+    pub(super) async fn get(&self) -> Result<(u64, RedisConn), RedisError> {
+        if self.source.is_cluster() {
+            return Ok((0, RedisConn::Cluster(self.source.cluster().await?)));
+        }
+        let (generation, conn) = self.get_managed().await?;
+        Ok((generation, RedisConn::Managed(conn)))
+    }
+
+    async fn get_managed(&self) -> Result<(u64, ConnectionManager), RedisError> {
         if let Some(current) = self.read().clone() {
             return Ok(current);
         }
@@ -61,6 +72,9 @@ impl RelayConn {
     /// the primary can move, a lost or demoted server) drops the connection so the
     /// next relay dials afresh.
     pub(super) fn failed(&self, generation: u64, error: &RedisError) {
+        if self.source.is_cluster() {
+            return;
+        }
         let moved = self.source.follows_failovers() && super::error::is_outage(error);
         if !error.is_timeout() && !moved {
             return;

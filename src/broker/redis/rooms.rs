@@ -214,12 +214,16 @@ impl RedisBroker {
             }
             let counts: Vec<(usize, bool)> = self
                 .pooled("list_rooms", async |conn| {
-                    let mut pipe = redis::pipe();
+                    let mut cmds = Vec::with_capacity(batch.len() * 2);
                     for room in &batch {
-                        pipe.scard(self.keys.room(room))
-                            .exists(self.keys.room_meta(room));
+                        let mut scard = redis::cmd("SCARD");
+                        scard.arg(self.keys.room(room));
+                        let mut exists = redis::cmd("EXISTS");
+                        exists.arg(self.keys.room_meta(room));
+                        cmds.extend([scard, exists]);
                     }
-                    let flat: Vec<usize> = pipe.query_async(&mut *conn).await?;
+                    let replies = super::conn::query_per_slot(conn, cmds).await?;
+                    let flat: Vec<usize> = super::conn::parse(redis::Value::Array(replies))?;
                     Ok(flat.chunks_exact(2).map(|c| (c[0], c[1] == 1)).collect())
                 })
                 .await?;

@@ -3,16 +3,34 @@
 //! are made rarely (pool growth, a broken relay connection, a rebuilt subscriber),
 //! so asking the sentinels each time costs little and follows a failover without a
 //! separate watcher: once the old master is gone, the next connection finds the new.
+//!
+//! In `cluster` mode there is no single primary: the node shares one cluster
+//! connection (redis-rs routes every command to its slot's shard and follows
+//! redirections and failovers), and the subscriber gets cluster connections of its
+//! own that hand sharded messages over as RESP3 pushes.
 
 use std::time::Duration;
 
+use redis::aio::AsyncPushSender;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{RedisError, RedisResult};
+use redis::{ProtocolVersion, RedisError, RedisResult};
 
 use super::target::{RedisTarget, TargetKind};
 
 /// How long asking the sentinels for the master may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to a cluster (its topology, a connection per shard) may take.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of one cluster command, redirections and retries included, so a shard
+/// that is gone turns into an error (`unavailable`) within this time, not a hang.
+const CLUSTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+const CLUSTER_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retries of a command that met a moving or failing shard; with the wait between
+/// them (up to [`CLUSTER_MAX_RETRY_WAIT_MS`]) they cover a replica's promotion.
+const CLUSTER_RETRIES: u32 = 6;
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 800;
 
 /// Hands out a client for the current primary.
 pub(super) struct Source {
@@ -23,6 +41,11 @@ enum SourceKind {
     Single(redis::Client),
     /// Locked: redis-rs's sentinel client remembers which sentinel answered.
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// The seeds, and the node's shared command connection once made.
+    Cluster {
+        seeds: Vec<redis::ConnectionInfo>,
+        shared: tokio::sync::Mutex<Option<ClusterConnection>>,
+    },
 }
 
 impl Source {
@@ -44,6 +67,14 @@ impl Source {
                     SentinelServerType::Master,
                 )?))
             }
+            TargetKind::Cluster(seeds) => {
+                // Checked now, so a bad seed list fails at startup.
+                cluster_builder(seeds).build()?;
+                SourceKind::Cluster {
+                    seeds: seeds.clone(),
+                    shared: tokio::sync::Mutex::new(None),
+                }
+            }
         };
         Ok(Self { kind })
     }
@@ -54,7 +85,44 @@ impl Source {
         matches!(self.kind, SourceKind::Sentinel(_))
     }
 
-    /// A client for the primary now.
+    /// Whether this is a Redis Cluster (commands go through [`Source::cluster`]).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.kind, SourceKind::Cluster { .. })
+    }
+
+    /// The node's shared cluster connection, made on first use (and again after a
+    /// failed first attempt). Only in cluster mode.
+    pub(super) async fn cluster(&self) -> RedisResult<ClusterConnection> {
+        let SourceKind::Cluster { seeds, shared } = &self.kind else {
+            return Err(not_a_cluster());
+        };
+        let mut shared = shared.lock().await;
+        if let Some(conn) = shared.as_ref() {
+            return Ok(conn.clone());
+        }
+        let client = cluster_builder(seeds).build()?;
+        let conn = connect_cluster(&client).await?;
+        *shared = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A new cluster connection (RESP3) that hands every push (sharded messages,
+    /// subscription confirmations) to `pushes`: the subscriber's. Only in cluster mode.
+    pub(super) async fn cluster_pubsub(
+        &self,
+        pushes: impl AsyncPushSender,
+    ) -> RedisResult<ClusterConnection> {
+        let SourceKind::Cluster { seeds, .. } = &self.kind else {
+            return Err(not_a_cluster());
+        };
+        let client = cluster_builder(seeds)
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?;
+        connect_cluster(&client).await
+    }
+
+    /// A client for the primary now (single and sentinel mode).
     pub(super) async fn client(&self) -> RedisResult<redis::Client> {
         match &self.kind {
             SourceKind::Single(client) => Ok(client.clone()),
@@ -69,8 +137,37 @@ impl Source {
                         ))
                     })?
             }
+            SourceKind::Cluster { .. } => Err(not_a_cluster()),
         }
     }
+}
+
+/// The settings every cluster connection of the node shares.
+fn cluster_builder(seeds: &[redis::ConnectionInfo]) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
+        .response_timeout(CLUSTER_COMMAND_TIMEOUT)
+        .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))
+        .retries(CLUSTER_RETRIES)
+        .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
+        .min_retry_wait(50)
+}
+
+async fn connect_cluster(client: &ClusterClient) -> RedisResult<ClusterConnection> {
+    tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, client.get_async_connection())
+        .await
+        .map_err(|_| {
+            RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no cluster seed answered in time",
+            ))
+        })?
+}
+
+fn not_a_cluster() -> RedisError {
+    RedisError::from(std::io::Error::other(
+        "not a cluster: this connection is for REDIS_MODE=cluster",
+    ))
 }
 
 /// Whether the server behind `conn` is a master (`ROLE`), for connections that

@@ -1,13 +1,21 @@
-//! The node's one pub/sub connection. It carries the channel of every (room, user)
-//! with a local session and hands each message to the node's [`Deliveries`](crate::broker::Deliveries)
-//! handler. It is rebuilt with capped backoff when the
-//! connection drops, and every local user is resubscribed (in batches) on reconnect.
+//! The node's one pub/sub connection ([`Link`]: classic on one server, sharded on a
+//! Redis Cluster). It carries the channel of every (room, user) with a local
+//! session and hands each message to the node's [`Deliveries`](crate::broker::Deliveries)
+//! handler. It is rebuilt with capped backoff when the connection drops, and every
+//! local user is resubscribed (in batches) on reconnect.
 //!
 //! A connection can look alive yet deliver nothing (a failover, a proxy that
-//! stopped forwarding). So the subscriber also holds the node's own channel and
-//! probes it: every [`PROBE_INTERVAL`] it publishes a nonce there and expects it
-//! back within [`PROBE_TIMEOUT`]; a lost probe rebuilds the connection. The probe
-//! is published by a task of its own, so deliveries never wait behind it.
+//! stopped forwarding). So the subscriber also holds the node's own probe channels
+//! (one; on a cluster one per shard) and probes them: every [`PROBE_INTERVAL`] it
+//! publishes a nonce on each and expects all back within [`PROBE_TIMEOUT`]; a lost
+//! probe rebuilds the connection. The probe is published by a task of its own, so
+//! deliveries never wait behind it. On a cluster, a shard's connection dropping
+//! makes it probe every [`FAST_PROBE_INTERVAL`] until a round comes back whole,
+//! so a promoted replica is found within about a second of the promotion.
+//!
+//! On a cluster the connection also reports channels it subscribed again by itself
+//! and channels a moved slot took away; the first get their mailbox read, the
+//! second are subscribed again on their new shard, then read.
 //!
 //! Subscribe and unsubscribe requests queue up for one task that sends them in
 //! batches (one SUBSCRIBE and one UNSUBSCRIBE per batch, whatever the number of
@@ -20,13 +28,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use redis::aio::{PubSub, PubSubSink, PubSubStream};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use std::collections::HashSet;
+
+use redis::aio::PubSub;
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::gap_fill::GapFiller;
 use super::keys::Keys;
+use super::pubsub_link::{self, Event, Incoming, Link};
 use crate::broker::{BrokerError, Deliveries, Delivery};
 use crate::crypto::{self, PayloadCipher};
 use crate::ids::{NodeId, RoomId, UserId};
@@ -44,6 +54,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a probe may take to come back before the connection is rebuilt.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a cluster's shards are probed after one shard's connection dropped.
+const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// The probe timeout meanwhile: the shard's replica may have taken over.
+const FAST_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Owner of the pub/sub connection.
 pub(super) struct Subscriber {
@@ -52,11 +66,16 @@ pub(super) struct Subscriber {
     /// For publishing probes: pooled, so a probe never depends on the relay connection.
     commands: super::pool::CommandPool,
     keys: Keys,
-    node_channel: String,
+    node_id: NodeId,
+    /// The probe channels subscribed on the current connection (one per shard).
+    probes: std::sync::Mutex<HashSet<String>>,
     /// Where received envelopes go (the node's sessions).
     deliveries: Arc<dyn Deliveries>,
     /// `None` while disconnected.
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Link>>,
+    /// Asks the dispatch loop to rebuild the connection (a dropped channel could
+    /// not be subscribed again).
+    rebuild: Notify,
     connected: AtomicBool,
     epoch: AtomicU64,
     /// Opens sealed envelopes.
@@ -79,6 +98,9 @@ enum SubscriptionOp {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     /// Drop (room, user)'s channel unless a local session needs it by then.
     Unsubscribe(RoomId, UserId),
+    /// Subscribe again a channel the server dropped (its slot moved), then read
+    /// the member's mailbox; `None` for a probe channel.
+    Restore(String, Option<(String, String)>),
 }
 
 /// Why a connection stopped being used.
@@ -110,10 +132,12 @@ impl Subscriber {
             ops_queue: std::sync::Mutex::new(Some(ops_queue)),
             source,
             commands,
-            node_channel: keys.node_channel(node_id.as_str()),
+            node_id,
+            probes: std::sync::Mutex::new(HashSet::new()),
             keys,
             deliveries,
             sink: Mutex::new(None),
+            rebuild: Notify::new(),
             connected: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             cipher,
@@ -175,6 +199,7 @@ impl Subscriber {
         let mut subscribe = Vec::new();
         let mut waiters = Vec::new();
         let mut unsubscribe = Vec::new();
+        let mut restored = Vec::new();
         for op in batch {
             match op {
                 SubscriptionOp::Subscribe(channel, done) => {
@@ -182,6 +207,10 @@ impl Subscriber {
                     waiters.push(done);
                 }
                 SubscriptionOp::Unsubscribe(room, user) => unsubscribe.push((room, user)),
+                SubscriptionOp::Restore(channel, member) => {
+                    subscribe.push(channel);
+                    restored.extend(member);
+                }
             }
         }
         let Ok(mut guard) = tokio::time::timeout(OP_TIMEOUT, self.sink.lock()).await else {
@@ -206,10 +235,25 @@ impl Subscriber {
                     for done in waiters {
                         let _ = done.send(Err(BrokerError::Timeout(OP_TIMEOUT)));
                     }
+                    if !restored.is_empty() {
+                        self.rebuild.notify_one();
+                    }
                     return;
                 }
             };
             let failed = result.as_ref().err().map(ToString::to_string);
+            match &failed {
+                None => {
+                    for (room, user) in &restored {
+                        self.gaps.request(room, user);
+                    }
+                }
+                Some(e) if !restored.is_empty() => {
+                    tracing::warn!(error = %e, "could not subscribe again the channels of a moved slot; rebuilding the subscription");
+                    self.rebuild.notify_one();
+                }
+                Some(_) => {}
+            }
             for done in waiters {
                 let _ = done.send(match &failed {
                     None => Ok(()),
@@ -308,16 +352,15 @@ impl Subscriber {
         }
     }
 
-    /// Opens the connection and resubscribes every local user before it is used.
-    async fn connect(&self) -> Result<PubSubStream, BrokerError> {
-        let dial = async { self.source.client().await?.get_async_pubsub().await };
-        let pubsub: PubSub = tokio::time::timeout(OP_TIMEOUT, dial)
+    /// Opens the connection and resubscribes every local user (and the probe
+    /// channels) before it is used.
+    async fn connect(&self) -> Result<Incoming, BrokerError> {
+        let (mut link, incoming, probes) = tokio::time::timeout(OP_TIMEOUT, self.dial())
             .await
             .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))??;
-        let (mut sink, stream) = pubsub.split();
         // Held across the resubscription so no session's subscribe interleaves with it.
         let mut guard = self.sink.lock().await;
-        let mut channels: Vec<String> = vec![self.node_channel.clone()];
+        let mut channels: Vec<String> = probes.clone();
         channels.extend(
             self.deliveries
                 .channels()
@@ -325,80 +368,184 @@ impl Subscriber {
                 .map(|(room, user)| self.keys.user_channel(room.as_str(), user.as_str())),
         );
         for batch in channels.chunks(RESUBSCRIBE_BATCH) {
-            tokio::time::timeout(OP_TIMEOUT, sink.subscribe(batch))
+            tokio::time::timeout(OP_TIMEOUT, link.subscribe(batch))
                 .await
                 .map_err(|_| BrokerError::Timeout(OP_TIMEOUT))??;
         }
-        *guard = Some(sink);
+        *self.probes_guard() = probes.into_iter().collect();
+        *guard = Some(link);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.connected.store(true, Ordering::Release);
-        Ok(stream)
+        Ok(incoming)
+    }
+
+    /// A new connection and the probe channels to hold on it.
+    async fn dial(&self) -> Result<(Link, Incoming, Vec<String>), BrokerError> {
+        if self.source.is_cluster() {
+            let (pushes, received) = mpsc::unbounded_channel();
+            let conn = self.source.cluster_pubsub(pushes).await?;
+            let probes = self.shard_probes().await?;
+            let (link, incoming) = pubsub_link::sharded(conn, received);
+            return Ok((link, incoming, probes));
+        }
+        let pubsub: PubSub = self.source.client().await?.get_async_pubsub().await?;
+        let (sink, stream) = pubsub.split();
+        let probes = vec![self.keys.node_channel(self.node_id.as_str())];
+        Ok((Link::Classic(sink), Incoming::Classic(stream), probes))
+    }
+
+    /// One probe channel per shard of the cluster as it is now.
+    async fn shard_probes(&self) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.source.cluster().await?;
+        let shards = super::shards::shards(&mut conn).await?;
+        if shards.is_empty() {
+            return Err(BrokerError::Reply("CLUSTER SLOTS named no shard".into()));
+        }
+        Ok(super::shards::probe_channels(
+            &self.keys,
+            self.node_id.as_str(),
+            &shards,
+        ))
+    }
+
+    fn probes_guard(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A set of names: a panic elsewhere cannot leave it half-written.
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Dispatches messages until the connection ends, a probe is lost, or the node stops.
-    async fn pump(&self, mut stream: PubSubStream, cancel: &CancellationToken) -> Lost {
-        let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+    async fn pump(&self, mut incoming: Incoming, cancel: &CancellationToken) -> Lost {
+        let mut probe_tick = tokio::time::interval(FAST_PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The probe in flight, and the publish of it while that runs.
         let mut outstanding: Option<Probe> = None;
-        let mut publishing: Option<oneshot::Receiver<bool>> = None;
+        let mut publishing: Option<oneshot::Receiver<Option<Vec<String>>>> = None;
+        let mut last_probe = Instant::now();
+        // Set while a shard's connection is being repaired: probe fast until a
+        // round comes back whole.
+        let mut fast = false;
         loop {
-            let msg = tokio::select! {
+            let event = tokio::select! {
                 _ = cancel.cancelled() => return Lost::Stopping,
+                _ = self.rebuild.notified() => return Lost::Closed,
                 _ = probe_tick.tick() => {
+                    let timeout = if fast { FAST_PROBE_TIMEOUT } else { PROBE_TIMEOUT };
                     match &outstanding {
-                        Some(Probe { published_at: Some(at), .. }) if at.elapsed() > PROBE_TIMEOUT => {
+                        Some(Probe { published_at: Some(at), .. }) if at.elapsed() > timeout => {
                             return Lost::Silent
                         }
                         Some(_) => {}
-                        None => {
+                        None if fast || last_probe.elapsed() >= PROBE_INTERVAL => {
+                            last_probe = Instant::now();
                             let (nonce, done) = self.spawn_probe();
-                            outstanding = Some(Probe { nonce, published_at: None });
+                            outstanding = Some(Probe { nonce, waiting: HashSet::new(), echoed: HashSet::new(), published_at: None });
                             publishing = Some(done);
                         }
+                        None => {}
                     }
                     continue;
                 }
                 published = wait_published(&mut publishing) => {
                     publishing = None;
                     match (published, outstanding.as_mut()) {
-                        (true, Some(probe)) => probe.published_at = Some(Instant::now()),
+                        (Some(channels), Some(probe)) => {
+                            probe.published_at = Some(Instant::now());
+                            // Only channels subscribed here can echo; a shard that
+                            // appeared since gets its probe channel subscribed now.
+                            let held = self.probes_guard().clone();
+                            for channel in &channels {
+                                if !held.contains(channel) {
+                                    self.restore(channel.clone(), None);
+                                }
+                            }
+                            probe.waiting = channels.into_iter().filter(|c| held.contains(c)).collect();
+                            probe.waiting.retain(|c| !probe.echoed.contains(c));
+                            if probe.waiting.is_empty() {
+                                outstanding = None;
+                                fast = false;
+                            }
+                        }
                         // Came back before its publish was confirmed: nothing to wait for.
-                        (true, None) => {}
+                        (Some(_), None) => {}
                         // The command path failed (reported there): not a lost probe.
-                        (false, _) => outstanding = None,
+                        (None, _) => outstanding = None,
                     }
                     continue;
                 }
-                msg = stream.next() => msg,
+                event = incoming.next() => event,
             };
-            let Some(msg) = msg else { return Lost::Closed };
-            let channel = msg.get_channel_name();
-            if channel == self.node_channel {
-                let nonce = msg.get_payload_bytes();
-                if outstanding
-                    .as_ref()
-                    .is_some_and(|p| p.nonce.as_bytes() == nonce)
-                {
-                    outstanding = None;
+            let Some(event) = event else {
+                return Lost::Closed;
+            };
+            match event {
+                Event::Message { channel, payload } => {
+                    if let Some(probe) = outstanding.as_mut() {
+                        if probe.nonce.as_bytes() == payload.as_slice() {
+                            probe.echoed.insert(channel.clone());
+                            probe.waiting.remove(&channel);
+                            if probe.published_at.is_some() && probe.waiting.is_empty() {
+                                outstanding = None;
+                                fast = false;
+                            }
+                            continue;
+                        }
+                    }
+                    self.dispatch(&channel, &payload);
                 }
-                continue;
-            }
-            let Some((room, user)) = self.keys.channel_target(channel) else {
-                continue;
-            };
-            let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
-                tracing::warn!(user_id = user, "dropping non-UTF-8 envelope");
-                continue;
-            };
-            match crypto::open(self.cipher.as_deref(), channel, text) {
-                Ok(text) => {
-                    if self.deliveries.deliver(room, user, &text) == Delivery::Gap {
+                Event::Resubscribed(channel) => {
+                    if let Some((room, user)) = self.keys.channel_target(&channel) {
                         self.gaps.request(room, user);
                     }
                 }
-                Err(e) => self.report_unreadable(user, e),
+                Event::Dropped(channel) => {
+                    let member = self
+                        .keys
+                        .channel_target(&channel)
+                        .map(|(room, user)| (room.to_owned(), user.to_owned()));
+                    let needed = match &member {
+                        Some((room, user)) => self.deliveries.contains_in(room, user),
+                        None => self.probes_guard().contains(&channel),
+                    };
+                    if needed {
+                        self.restore(channel, member);
+                    }
+                }
+                Event::ShardLost => {
+                    if !fast {
+                        tracing::warn!("a shard's subscriber connection dropped; probing every shard until all answer");
+                    }
+                    fast = true;
+                }
+                Event::Nothing => {}
             }
+        }
+    }
+
+    /// Queues a dropped channel to be subscribed again (and its mailbox read).
+    fn restore(&self, channel: String, member: Option<(String, String)>) {
+        if member.is_none() {
+            self.probes_guard().insert(channel.clone());
+        }
+        // Only fails once the node stops.
+        let _ = self.ops.send(SubscriptionOp::Restore(channel, member));
+    }
+
+    /// Hands a message on a member's channel to its sessions.
+    fn dispatch(&self, channel: &str, payload: &[u8]) {
+        let Some((room, user)) = self.keys.channel_target(channel) else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            tracing::warn!(user_id = user, "dropping non-UTF-8 envelope");
+            return;
+        };
+        match crypto::open(self.cipher.as_deref(), channel, text) {
+            Ok(text) => {
+                if self.deliveries.deliver(room, user, &text) == Delivery::Gap {
+                    self.gaps.request(room, user);
+                }
+            }
+            Err(e) => self.report_unreadable(user, e),
         }
     }
 
@@ -420,41 +567,66 @@ impl Subscriber {
         }
     }
 
-    /// Publishes a probe on the node's channel from a task of its own, so the
-    /// dispatch loop never waits for the command pool. The receiver says whether the
-    /// publish went through (a failure is the command path's outage, not a lost probe).
-    fn spawn_probe(&self) -> (String, oneshot::Receiver<bool>) {
+    /// Publishes a probe on every probe channel from a task of its own, so the
+    /// dispatch loop never waits for the command pool. The receiver gets the
+    /// channels it was published on, or `None` when the publish failed (the command
+    /// path's outage, not a lost probe). On a cluster the channels are those of the
+    /// shards as they are now.
+    fn spawn_probe(&self) -> (String, oneshot::Receiver<Option<Vec<String>>>) {
         let nonce = uuid::Uuid::new_v4().to_string();
         let (done, published) = oneshot::channel();
-        let (pool, channel, text) = (
+        let cluster = self.source.is_cluster();
+        let held: Vec<String> = self.probes_guard().iter().cloned().collect();
+        let (pool, source, keys, node, text) = (
             self.commands.clone(),
-            self.node_channel.clone(),
+            self.source.clone(),
+            self.keys.clone(),
+            self.node_id.clone(),
             nonce.clone(),
         );
         tokio::spawn(async move {
             let publish = async {
+                let channels = if cluster {
+                    let mut conn = source.cluster().await.ok()?;
+                    let shards = super::shards::shards(&mut conn).await.ok()?;
+                    super::shards::probe_channels(&keys, node.as_str(), &shards)
+                } else {
+                    held
+                };
+                let command = if cluster { "SPUBLISH" } else { "PUBLISH" };
                 let mut conn = pool.get().await.ok()?;
-                let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(&channel).arg(&text);
-                cmd.query_async::<i64>(&mut *conn).await.ok()
+                for channel in &channels {
+                    let mut cmd = redis::cmd(command);
+                    cmd.arg(channel).arg(&text);
+                    cmd.query_async::<i64>(&mut *conn).await.ok()?;
+                }
+                Some(channels)
             };
-            let ok = matches!(tokio::time::timeout(OP_TIMEOUT, publish).await, Ok(Some(_)));
-            let _ = done.send(ok);
+            let outcome = tokio::time::timeout(OP_TIMEOUT, publish)
+                .await
+                .ok()
+                .flatten();
+            let _ = done.send(outcome);
         });
         (nonce, published)
     }
 }
 
-/// A probe on its way: its nonce, and when its publish was confirmed.
+/// A probe on its way: its nonce, the channels it has yet to come back on, those
+/// it came back on before its publish was confirmed, and when that was.
 struct Probe {
     nonce: String,
+    waiting: HashSet<String>,
+    echoed: HashSet<String>,
     published_at: Option<Instant>,
 }
 
 /// The outcome of the probe publish in flight; never resolves while none is.
-async fn wait_published(publishing: &mut Option<oneshot::Receiver<bool>>) -> bool {
+async fn wait_published(
+    publishing: &mut Option<oneshot::Receiver<Option<Vec<String>>>>,
+) -> Option<Vec<String>> {
     match publishing {
-        Some(done) => done.await.unwrap_or(false),
+        Some(done) => done.await.unwrap_or(None),
         None => std::future::pending().await,
     }
 }

@@ -2,9 +2,10 @@
 //! ([`crate::config`]) reads the environment and builds it here, so a bad URL fails
 //! at startup while only the Redis engine knows redis-rs types.
 //!
-//! Two shapes (`REDIS_MODE`, PROTOCOL.md section 13): one Redis at a fixed address,
-//! or a master found through Sentinel, asked again whenever a connection is made,
-//! so a failover moves every connection of the node to the new master.
+//! Three shapes (`REDIS_MODE`, PROTOCOL.md section 13): one Redis at a fixed
+//! address; a master found through Sentinel, asked again whenever a connection is
+//! made, so a failover moves every connection of the node to the new master; or a
+//! Redis Cluster reached through seed nodes, whose topology redis-rs follows.
 
 use redis::IntoConnectionInfo;
 
@@ -29,6 +30,9 @@ pub(super) enum TargetKind {
         master: String,
         settings: redis::RedisConnectionInfo,
     },
+    /// A Redis Cluster found through these seed nodes (`REDIS_MODE=cluster`); the
+    /// credentials of the first seed are the cluster's.
+    Cluster(Vec<redis::ConnectionInfo>),
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -103,6 +107,36 @@ impl RedisTarget {
         })
     }
 
+    /// Parses `REDIS_URL` as a comma-separated list of Redis Cluster seed nodes. The
+    /// error names the URL that failed, by position.
+    pub fn cluster(urls: &str) -> Result<Self, String> {
+        let mut seeds = Vec::new();
+        for (i, url) in urls.split(',').map(str::trim).enumerate() {
+            if url.is_empty() {
+                return Err(format!("seed URL {} is empty", i + 1));
+            }
+            let info = url
+                .into_connection_info()
+                .map_err(|e| format!("seed URL {}: {e}", i + 1))?;
+            if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) {
+                return Err(format!(
+                    "seed URL {}: a cluster is reached over TCP, not a unix socket",
+                    i + 1
+                ));
+            }
+            seeds.push(info);
+        }
+        if seeds.is_empty() {
+            return Err("no seed URL".to_owned());
+        }
+        let addresses: Vec<String> = seeds.iter().map(address).collect();
+        let display = format!("cluster via {}", addresses.join(","));
+        Ok(Self {
+            kind: TargetKind::Cluster(seeds),
+            display,
+        })
+    }
+
     fn from_info(info: redis::ConnectionInfo) -> Self {
         let display = format!("{}/{}", address(&info), info.redis_settings().db());
         Self {
@@ -111,11 +145,12 @@ impl RedisTarget {
         }
     }
 
-    /// `single` or `sentinel`, for logs, `/readyz` and `/stats`.
+    /// `single`, `sentinel` or `cluster`, for logs, `/readyz` and `/stats`.
     pub fn mode(&self) -> &'static str {
         match self.kind {
             TargetKind::Single(_) => "single",
             TargetKind::Sentinel { .. } => "sentinel",
+            TargetKind::Cluster(_) => "cluster",
         }
     }
 }
@@ -146,5 +181,17 @@ mod tests {
         let single = RedisTarget::from_url("redis://:pw@h:6380/3").expect("one redis");
         assert_eq!(single.mode(), "single");
         assert_eq!(single.display, "redis://h:6380/3");
+    }
+
+    #[test]
+    fn cluster_seed_lists_parse_and_never_show_the_password() {
+        let t = RedisTarget::cluster("redis://:pw@10.0.0.1:7000, redis://10.0.0.2:7001")
+            .expect("two seeds");
+        assert_eq!(t.mode(), "cluster");
+        assert!(!t.display.contains("pw"), "{}", t.display);
+        assert!(t.display.contains("10.0.0.2:7001"), "{}", t.display);
+        assert!(RedisTarget::cluster("redis://a:1,").is_err());
+        assert!(RedisTarget::cluster("redis://a:1,ftp://b").is_err());
+        assert!(RedisTarget::cluster("unix:///tmp/r.sock").is_err());
     }
 }
