@@ -51,6 +51,9 @@ pub const REDIS_SECONDS: &str = "signal_redis_command_seconds";
 pub const RECONNECTS: &str = "signal_redis_reconnects_total";
 /// Mailbox reads that filled (or looked for) missed frames (counter).
 pub const GAP_FILLS: &str = "signal_gap_fills_total";
+/// Frames numbered again because Redis had lost its latest counts (a failover to
+/// a replica behind its master) (counter).
+pub const RENUMBERED: &str = "signal_renumbered_frames_total";
 /// Resume attempts, by `outcome` (resumed, refused, superseded) (counter).
 pub const RESUMES: &str = "signal_resumes_total";
 /// Sessions detached (kept resumable) instead of leaving, by `reason` (counter).
@@ -165,6 +168,11 @@ pub fn envelope_dropped(reason: &'static str) {
 /// A mailbox was read to fill a gap.
 pub fn gap_filled() {
     counter!(GAP_FILLS).increment(1);
+}
+
+/// A frame was numbered again (Redis lost its latest counts).
+pub fn renumbered() {
+    counter!(RENUMBERED).increment(1);
 }
 
 /// A resume ended with `outcome`.

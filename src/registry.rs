@@ -17,8 +17,17 @@
 //! the join that wins tells the one it displaced to close (a `K` envelope aimed at
 //! that session id). So a refused connection never touches the live one, and the
 //! session Redis names as the owner is never the one closed.
+//!
+//! Each session remembers a digest of the last [`RECENT_FRAMES`] numbered frames
+//! it was given. A frame numbered at or below the last `seq` delivered is then
+//! either a duplicate (the same frame again: replayed and live both) or a frame
+//! that Redis numbered again because it lost its latest counts (a failover to a
+//! replica that had not yet received them). The second kind must not be shown with
+//! a `seq` the client already has, nor dropped: the engine numbers it anew
+//! ([`Delivery::Renumber`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::broker::{Deliveries, Delivery, LocalSession};
@@ -32,6 +41,11 @@ use crate::protocol::{user_joined_frame, user_left_frame, LeaveReason, Role, Use
 const MAX_PENDING: usize = 4096;
 /// Numbered frames a session may hold past a gap while its mailbox is read.
 const MAX_HELD: usize = 4096;
+/// Numbered frames whose digest a session remembers, to tell a duplicate from a
+/// frame numbered again. Duplicates come from a mailbox read overlapping live
+/// deliveries, a few frames; a counter Redis lost in a failover is behind by the
+/// replication lag, a few frames too.
+const RECENT_FRAMES: usize = 32;
 
 /// What the node knows about one local session.
 #[derive(Clone)]
@@ -74,12 +88,24 @@ struct Entry {
     numbering: Numbering,
     /// Numbered frames that came past a gap, by `seq`, until the gap is filled.
     held: BTreeMap<u64, (String, Option<u64>)>,
+    /// (seq, digest) of the last numbered frames delivered, oldest first
+    /// (allocated with the first one).
+    recent: VecDeque<(u64, u64)>,
+}
+
+/// What tells two numbered frames apart: their text and when they were published.
+fn frame_digest(frame: &str, published_us: Option<u64>) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    frame.hash(&mut hasher);
+    published_us.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Entry {
     /// Writes the next numbered frame, then any held ones that follow it.
     fn push_numbered(&mut self, seq: u64, frame: &str, published_us: Option<u64>) -> bool {
         self.numbering.last_seq = seq;
+        self.remember(seq, frame, published_us);
         let mut ok = self
             .handle
             .outbox
@@ -94,12 +120,34 @@ impl Entry {
                 continue;
             }
             self.numbering.last_seq = next;
+            self.remember(next, &frame, published_us);
             ok &= self
                 .handle
                 .outbox
                 .push_stamped(envelope::with_seq(&frame, next), published_us);
         }
         ok
+    }
+
+    fn remember(&mut self, seq: u64, frame: &str, published_us: Option<u64>) {
+        if self.recent.len() == RECENT_FRAMES {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back((seq, frame_digest(frame, published_us)));
+    }
+
+    /// A frame numbered `seq` <= the last delivered: a duplicate, or another frame
+    /// that Redis numbered again (it lost its latest counts).
+    fn behind(&self, seq: u64, frame: &str, published_us: Option<u64>) -> Delivery {
+        match self.recent.iter().find(|(s, _)| *s == seq) {
+            Some((_, digest)) if *digest != frame_digest(frame, published_us) => {
+                Delivery::Renumber {
+                    floor: self.numbering.last_seq,
+                }
+            }
+            _ => Delivery::Taken,
+        }
     }
 
     fn apply(&mut self, env: Envelope<'_>) -> Delivery {
@@ -117,10 +165,12 @@ impl Entry {
                 frame,
                 published_us,
             } => {
-                // Another stream's numbers (a session this one replaced), or a
-                // duplicate (replayed and live both): already accounted for.
-                if stream != self.numbering.stream || seq <= self.numbering.last_seq {
+                // Another stream's numbers (a session this one replaced): not ours.
+                if stream != self.numbering.stream {
                     return Delivery::Taken;
+                }
+                if seq <= self.numbering.last_seq {
+                    return self.behind(seq, frame, published_us);
                 }
                 if seq == self.numbering.last_seq + 1 {
                     return taken(self.push_numbered(seq, frame, published_us));
@@ -203,6 +253,7 @@ impl Registry {
             pending: Some(Vec::new()),
             numbering,
             held: BTreeMap::new(),
+            recent: VecDeque::new(),
         };
         self.lock().entry(user).or_default().push(entry);
     }
@@ -392,6 +443,7 @@ impl Registry {
             };
             outcome = match (outcome, this) {
                 (Delivery::Gap, _) | (_, Delivery::Gap) => Delivery::Gap,
+                (r @ Delivery::Renumber { .. }, _) | (_, r @ Delivery::Renumber { .. }) => r,
                 (Delivery::Taken, _) | (_, Delivery::Taken) => Delivery::Taken,
                 _ => Delivery::Dropped,
             };

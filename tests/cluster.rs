@@ -1,6 +1,8 @@
 //! Redis-backed clusters: the key layout of PROTOCOL.md section 7, TTL refresh,
 //! cross-node delivery guarantees (section 5), the one-session-per-user rule
-//! across nodes, readiness while Redis is down, and KEY_PREFIX isolation.
+//! across nodes, readiness while Redis is down, and KEY_PREFIX isolation. The
+//! scenarios that hold on every deployment also run on nodes over a Redis Cluster
+//! (`on_redis_cluster!`); the keys are read through `Cluster::store`.
 
 #[macro_use]
 mod support;
@@ -17,8 +19,8 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 /// Asserts a key's TTL lies in (0, max].
 #[track_caller]
-fn assert_ttl(redis: &RedisServer, key: &str, max: i64) {
-    let ttl = redis.ttl(key);
+fn assert_ttl(store: &dyn KeyStore, key: &str, max: i64) {
+    let ttl = store.ttl(key);
     assert!(
         ttl > 0 && ttl <= max,
         "TTL of {key} is {ttl}, expected in (0, {max}]"
@@ -34,9 +36,9 @@ fn assert_user_hash(
     node_id: &str,
 ) -> std::collections::BTreeMap<String, String> {
     let key = c.user_key(user);
-    let redis = c.redis_server();
-    assert_eq!(redis.key_type(&key), "hash", "type of {key}");
-    let fields = redis.hgetall(&key);
+    let store = c.store();
+    assert_eq!(store.key_type(&key), "hash", "type of {key}");
+    let fields = store.hgetall(&key);
     let names: BTreeSet<String> = fields.keys().cloned().collect();
     assert_eq!(
         names,
@@ -56,7 +58,7 @@ fn assert_user_hash(
 
 /// Waits (bounded) until no room, user or node-session key is left under `prefix`
 /// (the live nodes' own heartbeat keys stay while they run).
-async fn wait_no_member_keys(redis: &RedisServer, prefix: &str) {
+async fn wait_no_member_keys(store: &dyn KeyStore, prefix: &str) {
     let patterns = [
         format!("{prefix}room:*"),
         format!("{prefix}user:*"),
@@ -66,7 +68,7 @@ async fn wait_no_member_keys(redis: &RedisServer, prefix: &str) {
     eventually(
         TIMEOUT,
         format!("no key matching {patterns:?}"),
-        move || async move { patterns.iter().all(|p| redis.keys(p).is_empty()) },
+        move || async move { patterns.iter().all(|p| store.keys(p).is_empty()) },
     )
     .await;
 }
@@ -74,31 +76,38 @@ async fn wait_no_member_keys(redis: &RedisServer, prefix: &str) {
 /// Joined users appear as the documented set and hashes with TTLs, under the prefix only, and vanish when they leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_layout_matches_the_contract_and_is_cleaned_up() {
-    let c = Cluster::redis(2).await;
-    let redis = c.redis_server();
+    redis_layout_body(&Cluster::redis(2).await).await;
+}
+on_redis_cluster!(
+    redis_layout_matches_the_contract_and_is_cleaned_up_on_redis_cluster,
+    redis_layout_body
+);
+
+async fn redis_layout_body(c: &Cluster) {
+    let store = c.store();
     let room = room_id();
     let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
     let (bob, bob_user) = join(c.node(1), &room, "bob").await;
     alice.expect_frame(&user_joined(&bob_user)).await;
 
     let room_key = c.room_key(&room);
-    assert_eq!(redis.key_type(&room_key), "set", "type of {room_key}");
+    assert_eq!(store.key_type(&room_key), "set", "type of {room_key}");
     assert_eq!(
-        redis.smembers(&room_key),
+        store.smembers(&room_key),
         set(&["alice", "bob"]),
         "members of {room_key}"
     );
-    assert_ttl(redis, &room_key, 1800);
-    let alice_hash = assert_user_hash(&c, "alice", &room, c.node(0).node_id());
-    let bob_hash = assert_user_hash(&c, "bob", &room, c.node(1).node_id());
+    assert_ttl(store, &room_key, 1800);
+    let alice_hash = assert_user_hash(c, "alice", &room, c.node(0).node_id());
+    let bob_hash = assert_user_hash(c, "bob", &room, c.node(1).node_id());
     assert_ne!(
         alice_hash["session_id"], bob_hash["session_id"],
         "session ids must differ"
     );
-    assert_ttl(redis, &c.user_key("alice"), 1800);
-    assert_ttl(redis, &c.user_key("bob"), 1800);
+    assert_ttl(store, &c.user_key("alice"), 1800);
+    assert_ttl(store, &c.user_key("bob"), 1800);
 
-    let outside: Vec<String> = redis
+    let outside: Vec<String> = store
         .keys("*")
         .into_iter()
         .filter(|k| !k.starts_with(c.prefix()))
@@ -112,25 +121,33 @@ async fn redis_layout_matches_the_contract_and_is_cleaned_up() {
     bob.close().await;
     alice.expect_frame(&user_left("bob", &room, "left")).await;
     assert!(
-        !redis.exists(&c.user_key("bob")),
+        !store.exists(&c.user_key("bob")),
         "bob's hash survived his leave"
     );
     assert_eq!(
-        redis.smembers(&room_key),
+        store.smembers(&room_key),
         set(&["alice"]),
         "members after bob left"
     );
     assert_rest_members(c.node(1), &room, &[&alice_user]).await;
 
     alice.close().await;
-    wait_no_member_keys(redis, c.prefix()).await;
+    wait_no_member_keys(store, c.prefix()).await;
 }
 
 /// With ROOM_TTL_SECONDS=2, members active for 5 s keep their keys and stay listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_members_keys_do_not_expire() {
-    let c = Cluster::redis_with(2, &[("ROOM_TTL_SECONDS", "2")]).await;
-    let redis = c.redis_server();
+    active_members_body(&Cluster::redis_with(2, &[("ROOM_TTL_SECONDS", "2")]).await).await;
+}
+on_redis_cluster!(
+    active_members_keys_do_not_expire_on_redis_cluster,
+    env = [("ROOM_TTL_SECONDS", "2")],
+    active_members_body
+);
+
+async fn active_members_body(c: &Cluster) {
+    let store = c.store();
     let room = room_id();
     let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
     let (mut bob, bob_user) = join(c.node(1), &room, "bob").await;
@@ -156,9 +173,9 @@ async fn active_members_keys_do_not_expire() {
     }
 
     for key in [c.room_key(&room), c.user_key("alice"), c.user_key("bob")] {
-        assert_ttl(redis, &key, 2);
+        assert_ttl(store, &key, 2);
     }
-    assert_eq!(redis.smembers(&c.room_key(&room)), set(&["alice", "bob"]));
+    assert_eq!(store.smembers(&c.room_key(&room)), set(&["alice", "bob"]));
     assert_rest_members(c.node(0), &room, &[&alice_user, &bob_user]).await;
     assert_rest_user(c.node(1), &alice_user, c.node(0).node_id()).await;
 }
@@ -166,7 +183,14 @@ async fn active_members_keys_do_not_expire() {
 /// A member that has just seen user_joined(X) can reach X at once, across nodes, every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_sent_on_user_joined_always_reaches_the_newcomer() {
-    let c = Cluster::redis(2).await;
+    offer_on_user_joined_body(&Cluster::redis(2).await).await;
+}
+on_redis_cluster!(
+    offer_sent_on_user_joined_always_reaches_the_newcomer_on_redis_cluster,
+    offer_on_user_joined_body
+);
+
+async fn offer_on_user_joined_body(c: &Cluster) {
     for i in 0..30 {
         let room = room_id();
         let (alice_node, bob_node) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
@@ -206,16 +230,24 @@ async fn offer_sent_on_user_joined_always_reaches_the_newcomer() {
 /// 3,000 messages sent back-to-back from node 0 to node 1 all arrive, in order, with no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_messages_arrives_complete_and_in_order() {
-    const COUNT: u64 = 3000;
     // Rate limiting (a later feature) would drop a burst; it is not under test here.
-    let c = Cluster::redis_with(
-        2,
-        &[
-            ("RATE_LIMIT_PER_SECOND", "0"),
-            ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
-        ],
-    )
-    .await;
+    let env = [
+        ("RATE_LIMIT_PER_SECOND", "0"),
+        ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+    ];
+    burst_body(&Cluster::redis_with(2, &env).await).await;
+}
+on_redis_cluster!(
+    burst_of_messages_arrives_complete_and_in_order_on_redis_cluster,
+    env = [
+        ("RATE_LIMIT_PER_SECOND", "0"),
+        ("RATE_LIMIT_BYTES_PER_SECOND", "0"),
+    ],
+    burst_body
+);
+
+async fn burst_body(c: &Cluster) {
+    const COUNT: u64 = 3000;
     let room = room_id();
     let (mut alice, _) = join(c.node(0), &room, "alice").await;
     let (mut bob, bob_user) = join(c.node(1), &room, "bob").await;
@@ -245,7 +277,15 @@ async fn burst_of_messages_arrives_complete_and_in_order() {
 /// Broadcasts from each of six members spread over three nodes reach the five others exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_reaches_members_on_all_nodes() {
-    let c = Cluster::redis(3).await;
+    broadcast_on_all_nodes_body(&Cluster::redis(3).await).await;
+}
+on_redis_cluster!(
+    broadcast_reaches_members_on_all_nodes_on_redis_cluster,
+    nodes = 3,
+    broadcast_on_all_nodes_body
+);
+
+async fn broadcast_on_all_nodes_body(c: &Cluster) {
     let room = room_id();
     let mut members: Vec<(String, TestClient)> = Vec::new();
     for i in 0..6 {
@@ -285,13 +325,20 @@ async fn broadcast_reaches_members_on_all_nodes() {
 /// A user replaced from another node moves to that node, and the old session's cleanup leaves the new session intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacement_across_nodes_keeps_the_new_session() {
-    let c = Cluster::redis(2).await;
-    let redis = c.redis_server();
+    replacement_across_nodes_body(&Cluster::redis(2).await).await;
+}
+on_redis_cluster!(
+    replacement_across_nodes_keeps_the_new_session_on_redis_cluster,
+    replacement_across_nodes_body
+);
+
+async fn replacement_across_nodes_body(c: &Cluster) {
+    let store = c.store();
     let room = room_id();
     let (mut alice, alice_user) = join(c.node(0), &room, "alice").await;
     let (mut old_bob, old_bob_user) = join(c.node(0), &room, "bob").await;
     alice.expect_frame(&user_joined(&old_bob_user)).await;
-    let old_session = assert_user_hash(&c, "bob", &room, c.node(0).node_id())["session_id"].clone();
+    let old_session = assert_user_hash(c, "bob", &room, c.node(0).node_id())["session_id"].clone();
 
     let (mut bob, frame) = TestClient::connect_join(c.node(1), &room, "bob").await;
     let bob_user = assert_room_users(&frame, &room, "bob", &[&alice_user]);
@@ -301,13 +348,13 @@ async fn replacement_across_nodes_keeps_the_new_session() {
 
     // Give the old session's cleanup time to do harm: no user_left may follow.
     alice.expect_silence(Duration::from_secs(1)).await;
-    let new_session = assert_user_hash(&c, "bob", &room, c.node(1).node_id())["session_id"].clone();
+    let new_session = assert_user_hash(c, "bob", &room, c.node(1).node_id())["session_id"].clone();
     assert_ne!(
         new_session, old_session,
         "the replacement kept the old session_id"
     );
-    assert_eq!(redis.smembers(&c.room_key(&room)), set(&["alice", "bob"]));
-    assert_ttl(redis, &c.user_key("bob"), 1800);
+    assert_eq!(store.smembers(&c.room_key(&room)), set(&["alice", "bob"]));
+    assert_ttl(store, &c.user_key("bob"), 1800);
     for i in 0..2 {
         assert_rest_user(c.node(i), &bob_user, c.node(1).node_id()).await;
         assert_rest_members(c.node(i), &room, &[&alice_user, &bob_user]).await;

@@ -6,8 +6,9 @@
 //!
 //! Every test sets `RESUME_GRACE_SECONDS` explicitly (the harness default is 0).
 //! Tests marked "(both)" run on a standalone node and on a Redis cluster
-//! (`both_engines!`). Waits are bounded; sleeps only pace the senders or are the
-//! fault itself (a client that stops reading).
+//! (`both_engines!`); some also on nodes over a Redis Cluster
+//! (`on_redis_cluster!`). Waits are bounded; sleeps only pace the senders or are
+//! the fault itself (a client that stops reading).
 
 #[macro_use]
 mod support;
@@ -121,6 +122,11 @@ async fn alice_and_bob(c: &Cluster, room: &str) -> (TestClient, Value, ResumingC
 
 both_engines!(
     dropped_connection_resumes_elsewhere,
+    env = [("RESUME_GRACE_SECONDS", "20")],
+    dropped_connection_resumes_elsewhere_body
+);
+on_redis_cluster!(
+    dropped_connection_resumes_elsewhere_on_redis_cluster,
     env = [("RESUME_GRACE_SECONDS", "20")],
     dropped_connection_resumes_elsewhere_body
 );
@@ -243,6 +249,11 @@ async fn dropped_connection_resumes_elsewhere_body(c: &Cluster) {
 
 both_engines!(
     older_last_seq_is_replayed_once,
+    env = [("RESUME_GRACE_SECONDS", "20")],
+    older_last_seq_is_replayed_once_body
+);
+on_redis_cluster!(
+    older_last_seq_is_replayed_once_on_redis_cluster,
     env = [("RESUME_GRACE_SECONDS", "20")],
     older_last_seq_is_replayed_once_body
 );
@@ -1250,12 +1261,26 @@ const ROLLING_MEMBERS: usize = 4;
 
 /// Three nodes, three rooms of four members spread over them, every member sending
 /// to every other member of its room every 50 ms. Each node in turn is drained by
-/// SIGTERM and replaced by a new node on the same Redis and KEY_PREFIX; clients
-/// resume on a live node. Nothing is lost or repeated, nobody sees a membership
-/// event, and every member resumed at least once.
+/// SIGTERM and replaced by a new node on the same Redis (or Redis Cluster) and
+/// KEY_PREFIX; clients resume on a live node. Nothing is lost or repeated, nobody
+/// sees a membership event, and every member resumed at least once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_loses_nothing() {
-    let c = Cluster::redis_with(3, &TRAFFIC_ENV).await;
+    rolling_restart_body(&Cluster::redis_with(3, &TRAFFIC_ENV).await).await;
+}
+on_redis_cluster!(
+    rolling_restart_loses_nothing_on_redis_cluster,
+    nodes = 3,
+    // Expanded inside the generated module, hence `super::`.
+    env = [
+        super::TRAFFIC_ENV[0],
+        super::TRAFFIC_ENV[1],
+        super::TRAFFIC_ENV[2]
+    ],
+    rolling_restart_body
+);
+
+async fn rolling_restart_body(c: &Cluster) {
     let bases: Vec<String> = (0..3).map(|i| ws_base(c.node(i))).collect();
     let mut plan = Vec::new();
     for r in 0..ROLLING_ROOMS {
@@ -1275,7 +1300,7 @@ async fn rolling_restart_loses_nothing() {
         control.remove_node(base);
         let started = Instant::now();
         c.node(i).sigterm();
-        let replacement = TestNode::start(Some(c.redis_server()), c.prefix(), &TRAFFIC_ENV).await;
+        let replacement = c.start_node(&TRAFFIC_ENV).await;
         control.add_node(ws_base(&replacement));
         replacements.push(replacement);
         control.wait_everyone_moved_off(base, RECONNECT).await;

@@ -11,8 +11,6 @@
 
 mod support;
 
-use std::fs::File;
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,13 +23,6 @@ const FAILOVER: Duration = Duration::from_secs(20);
 /// The cluster serves again (relays both ways, joins, REST) within this time of the
 /// promotion.
 const RECOVERY: Duration = Duration::from_secs(15);
-/// Bound on one probe's outcome (its error or nothing, then the barrier's pong)
-/// while the master is gone: a command may wait for the node's Redis timeout.
-const PROBE_OUTCOME: Duration = Duration::from_secs(10);
-/// Client pacing between two probes (not a synchronisation).
-const PROBE_PACE: Duration = Duration::from_millis(50);
-/// Bound on a refused node exiting.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A sentinel set named after the test, and `n` nodes in sentinel mode on it under
 /// a fresh KEY_PREFIX.
@@ -129,238 +120,6 @@ async fn nodes_serve_through_sentinel() {
     assert_messages_both_ways(&mut alice, &mut bob, "2").await;
 }
 
-/// What one client's traffic task saw.
-#[derive(Debug, Default)]
-struct TrafficLog {
-    /// Outcome of every probe sent, in order: `accepted` or the error codes.
-    outcomes: Vec<String>,
-    /// Probes received from the peer: (number, sent after the kill, arrival).
-    received: Vec<(u64, bool, Instant)>,
-    /// Unexpected frames, or the end of the connection.
-    failures: Vec<String>,
-}
-
-impl TrafficLog {
-    fn first_after_kill(&self) -> Option<Instant> {
-        self.received
-            .iter()
-            .filter(|(_, after_kill, _)| *after_kill)
-            .map(|(_, _, at)| *at)
-            .min()
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "{} probes sent ({}); {} received ({} sent after the kill); failures: {:?}",
-            self.outcomes.len(),
-            runs(&self.outcomes),
-            self.received.len(),
-            self.received.iter().filter(|(_, k, _)| *k).count(),
-            self.failures
-        )
-    }
-}
-
-/// `a, a, b` as `a x2, b`.
-fn runs(items: &[String]) -> String {
-    let mut out: Vec<(String, usize)> = Vec::new();
-    for item in items {
-        match out.last_mut() {
-            Some((last, n)) if last == item => *n += 1,
-            _ => out.push((item.clone(), 1)),
-        }
-    }
-    out.into_iter()
-        .map(|(item, n)| if n == 1 { item } else { format!("{item} x{n}") })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn is_probe_from(frame: &Value, from: &str, to: &str) -> bool {
-    frame["type"] == "message"
-        && frame["from"] == from
-        && frame["target"] == to
-        && frame["payload"]["probe"].is_u64()
-}
-
-/// An error a sender may get for a message to `target` while Redis fails over:
-/// `unavailable`, or `target_not_found` (the target's node has not re-registered
-/// or resubscribed it yet).
-fn is_healing_error(frame: &Value, target: &str) -> bool {
-    ["unavailable", "target_not_found"]
-        .iter()
-        .any(|code| error_echo_mismatch(frame, code, None, Some(target)).is_none())
-}
-
-fn lock_log(log: &Mutex<TrafficLog>) -> std::sync::MutexGuard<'_, TrafficLog> {
-    log.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Continuous traffic from one client: a probe message to `peer`, then a barrier
-/// ping whose pong says every outcome of the probe was written; probes from the
-/// peer are recorded as they arrive. Runs until `stop`, or until the connection
-/// ends; returns the client.
-async fn run_traffic(
-    mut client: TestClient,
-    me: &'static str,
-    peer: &'static str,
-    killed: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<TrafficLog>>,
-) -> TestClient {
-    let mut n = 0u64;
-    'probes: while !stop.load(Ordering::SeqCst) {
-        n += 1;
-        let after_kill = killed.load(Ordering::SeqCst);
-        let probe = json!({"type": "message", "target": peer,
-                           "payload": {"probe": n, "after_kill": after_kill}});
-        let nonce = json!({"barrier": n});
-        for frame in [probe, json!({"type": "ping", "payload": &nonce})] {
-            let message = tokio_tungstenite::tungstenite::Message::text(frame.to_string());
-            if let Err(e) = client.try_send(message).await {
-                lock_log(&log).failures.push(format!("{me}: {e}"));
-                break 'probes;
-            }
-        }
-        let deadline = Instant::now() + PROBE_OUTCOME;
-        let mut codes: Vec<String> = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let text = match client.next_event(left).await {
-                None => {
-                    lock_log(&log).failures.push(format!(
-                        "{me}: no pong to the barrier after probe {n} within {PROBE_OUTCOME:?}"
-                    ));
-                    break 'probes;
-                }
-                Some(Event::Text(text)) => text,
-                Some(other) => {
-                    lock_log(&log).failures.push(format!(
-                        "{me}: the connection ended after probe {n}: {other:?}"
-                    ));
-                    break 'probes;
-                }
-            };
-            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                lock_log(&log)
-                    .failures
-                    .push(format!("{me}: frame is not JSON: {text:?}"));
-                continue;
-            };
-            if frame == json!({"type": "pong", "payload": &nonce}) {
-                break;
-            }
-            if is_probe_from(&frame, peer, me) {
-                let number = frame["payload"]["probe"].as_u64().unwrap_or_default();
-                let sent_after_kill = frame["payload"]["after_kill"] == json!(true);
-                lock_log(&log)
-                    .received
-                    .push((number, sent_after_kill, Instant::now()));
-            } else if is_healing_error(&frame, peer) {
-                codes.push(frame["payload"]["code"].as_str().unwrap_or("?").to_owned());
-            } else {
-                lock_log(&log)
-                    .failures
-                    .push(format!("{me}: unexpected frame: {frame}"));
-            }
-        }
-        let outcome = if codes.is_empty() {
-            "accepted".to_owned()
-        } else {
-            codes.join("+")
-        };
-        lock_log(&log).outcomes.push(outcome);
-        tokio::time::sleep(PROBE_PACE).await;
-    }
-    client
-}
-
-/// Polls the two traffic logs until `done` holds for both, or panics (with both
-/// summaries) at `deadline` or as soon as a log records a failure.
-async fn wait_traffic(
-    logs: [&Mutex<TrafficLog>; 2],
-    deadline: Instant,
-    what: &str,
-    done: impl Fn(&TrafficLog) -> bool,
-) {
-    loop {
-        let problem = {
-            let (a, b) = (lock_log(logs[0]), lock_log(logs[1]));
-            let state = format!("\n  alice: {}\n  bob: {}", a.summary(), b.summary());
-            if !a.failures.is_empty() || !b.failures.is_empty() {
-                Some(format!("traffic failed while waiting for {what}{state}"))
-            } else if done(&a) && done(&b) {
-                return;
-            } else if Instant::now() >= deadline {
-                Some(format!("timed out waiting for {what}{state}"))
-            } else {
-                None
-            }
-        };
-        if let Some(problem) = problem {
-            panic!("{problem}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The next frame of `client` before `deadline` that is not a late probe from
-/// `peer` (probes accepted during the failover may arrive after the traffic stopped).
-async fn next_skipping_probes(
-    client: &mut TestClient,
-    peer: Option<&str>,
-    me: &str,
-    deadline: Instant,
-    what: &str,
-) -> Value {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame: Value = match client.next_event(left).await {
-            None => panic!("{}: timed out waiting for {what}", client.label()),
-            Some(Event::Text(text)) => serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {text:?}", client.label())),
-            Some(other) => panic!(
-                "{}: expected {what}, got {other:?} (connection ended?)",
-                client.label()
-            ),
-        };
-        if peer.is_some_and(|peer| is_probe_from(&frame, peer, me)) {
-            continue;
-        }
-        return frame;
-    }
-}
-
-/// Joins like a client following PROTOCOL.md section 6: an `unavailable` + 1013
-/// refusal is retried after a short backoff until `deadline`. Returns the client
-/// and its `room_users` frame.
-async fn join_retrying(
-    node: &TestNode,
-    room: &str,
-    user: &str,
-    deadline: Instant,
-) -> (TestClient, Value) {
-    let mut refusals = 0;
-    loop {
-        let mut client = TestClient::connect(&node.ws_url(room, user)).await;
-        client.set_label(format!("{user}@{room} on {}", node.node_id()));
-        let frame = client.recv_json().await;
-        if frame["type"] == "room_users" {
-            return (client, frame);
-        }
-        assert_error_frame(&frame, "unavailable", client.label());
-        client.expect_close(1013).await;
-        refusals += 1;
-        assert!(
-            Instant::now() < deadline,
-            "{user} refused {refusals} times by {} (unavailable + 1013)",
-            node.node_id()
-        );
-        // Client backoff between attempts, as the protocol asks; not a synchronisation.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// SIGKILL of the master under continuous traffic: the sentinels promote the
 /// replica, and within RECOVERY of the promotion relays work both ways again on the
 /// same connections, newcomers join on either node and are announced, REST answers.
@@ -380,23 +139,23 @@ async fn master_failover_is_followed() {
     let bob_log = Arc::new(Mutex::new(TrafficLog::default()));
     let alice_task = tokio::spawn(run_traffic(
         alice,
-        "alice",
-        "bob",
+        "alice".to_owned(),
+        "bob".to_owned(),
         killed.clone(),
         stop.clone(),
         alice_log.clone(),
     ));
     let bob_task = tokio::spawn(run_traffic(
         bob,
-        "bob",
-        "alice",
+        "bob".to_owned(),
+        "alice".to_owned(),
         killed.clone(),
         stop.clone(),
         bob_log.clone(),
     ));
-    let logs = [&*alice_log, &*bob_log];
+    let logs = [("alice", &*alice_log), ("bob", &*bob_log)];
     wait_traffic(
-        logs,
+        &logs,
         Instant::now() + TIMEOUT,
         "probes flowing both ways before the kill",
         |log| log.received.len() >= 3,
@@ -421,7 +180,7 @@ async fn master_failover_is_followed() {
 
     let recovered_by = promoted_at + RECOVERY;
     wait_traffic(
-        logs,
+        &logs,
         recovered_by,
         "a probe sent after the kill delivered in each direction",
         |log| log.first_after_kill().is_some(),
@@ -542,64 +301,6 @@ async fn master_failover_is_followed() {
     )
     .await;
     assert_eq!(frame, relayed("message", "alice", Some("bob"), payload));
-}
-
-/// Runs the node binary with exactly `env` (plus HOST and a free PORT); it must exit
-/// (bounded wait). Returns its status, stderr and stdout.
-fn run_node_expecting_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let dir = TempDir::new();
-    let stdout_path = dir.path().join("stdout");
-    let stderr_path = dir.path().join("stderr");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signal-node"))
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", free_port().to_string())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("create stdout file"))
-        .stderr(File::create(&stderr_path).expect("create stderr file"))
-        .spawn()
-        .expect("spawn signal-node");
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "node with {env:?} still running after {EXIT_TIMEOUT:?}\nstderr:\n{}\nstdout:\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-                std::fs::read_to_string(&stdout_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    (status, stderr, stdout)
-}
-
-/// Asserts that the node refuses `env`: non-zero exit, one line on stderr naming `var`.
-fn assert_refused(env: &[(&str, &str)], var: &str) {
-    let (status, stderr, stdout) = run_node_expecting_exit(env);
-    assert!(
-        !status.success(),
-        "node with {env:?} exited with success\nstderr:\n{stderr}\nstdout:\n{stdout}"
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "node with {env:?} ({status}): expected one line on stderr, got:\n{stderr}\nstdout:\n{stdout}"
-    );
-    assert!(
-        lines[0].contains(var),
-        "node with {env:?} ({status}): stderr does not name {var}: {}",
-        lines[0]
-    );
-    eprintln!("refused {env:?}: {status}: {}", lines[0]);
 }
 
 /// Sentinel mode without a master name, and an unknown mode, stop the node at startup.

@@ -46,6 +46,13 @@ pub enum Delivery {
     /// the member's mailbox for the missing ones (then call
     /// [`Deliveries::gap_filled`]).
     Gap,
+    /// A numbered frame came with a `seq` the session already delivered, but it
+    /// is another frame: Redis lost its latest counts (a failover). The engine must
+    /// number it again above `floor` (the last `seq` delivered) and publish it anew.
+    Renumber {
+        /// The last `seq` the session delivered.
+        floor: u64,
+    },
 }
 
 /// What an engine (and the node upkeep) may ask of the node's local sessions.

@@ -460,7 +460,8 @@ impl MemoryBroker {
         let env = envelope::frame(frame);
         let now_ms = envelope::now_us() / 1000;
         match self.number_and_deliver(room, target, entry, &env, Instant::now(), now_ms) {
-            Delivery::Taken | Delivery::Gap => RelayOutcome::Delivered,
+            // The memory engine never loses a count: no frame is ever numbered again.
+            Delivery::Taken | Delivery::Gap | Delivery::Renumber { .. } => RelayOutcome::Delivered,
             // Held in the mailbox for the member's resume.
             Delivery::Dropped if entry.detached_until.is_some() || !self.resume.grace.is_zero() => {
                 RelayOutcome::Delivered

@@ -106,6 +106,22 @@ impl Cluster {
         self.redis.as_ref().expect("this cluster has no Redis")
     }
 
+    /// Starts one more node on the same backing as the cluster's nodes (the same
+    /// Redis or Redis Cluster, the same KEY_PREFIX) and waits until it is ready; the
+    /// caller owns it. `extra_env` is the new node's own, as in [`TestNode::start`]
+    /// (the cluster's `extra_env` is not repeated). Panics on a standalone cluster.
+    pub async fn start_node(&self, extra_env: &[(&str, &str)]) -> TestNode {
+        match (&self.redis, &self.redis_cluster) {
+            (Some(redis), _) => TestNode::start(Some(redis), &self.prefix, extra_env).await,
+            (_, Some(redis_cluster)) => {
+                let mut nodes =
+                    start_cluster_nodes(redis_cluster, &self.prefix, 1, extra_env).await;
+                nodes.pop().expect("one node started")
+            }
+            _ => panic!("a standalone cluster has no backing to start another node on"),
+        }
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -21,6 +21,9 @@ pub trait KeyStore: Sync {
     fn hgetall(&self, key: &str) -> BTreeMap<String, String>;
     /// Every key matching `pattern` with its type and content as text.
     fn dump(&self, pattern: &str) -> Vec<(String, String)>;
+    /// Runs `args` (a command on `key`) on the server holding `key`, for tests
+    /// that change Redis under the nodes; returns the reply as redis-cli prints it.
+    fn command(&self, key: &str, args: &[&str]) -> String;
 }
 
 impl KeyStore for RedisServer {
@@ -44,6 +47,9 @@ impl KeyStore for RedisServer {
     }
     fn dump(&self, pattern: &str) -> Vec<(String, String)> {
         RedisServer::dump(self, pattern)
+    }
+    fn command(&self, _key: &str, args: &[&str]) -> String {
+        self.cli(args)
     }
 }
 
@@ -84,5 +90,8 @@ impl KeyStore for RedisCluster {
             .collect();
         all.sort();
         all
+    }
+    fn command(&self, key: &str, args: &[&str]) -> String {
+        self.holder(key).cli(args)
     }
 }

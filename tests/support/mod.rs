@@ -11,7 +11,8 @@
 //! `client` (WebSocket), `assert` (frame builders and shapes), `proxy` (freezable
 //! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `sentinel` and
 //! `redis_cluster` (a real Sentinel deployment, a real Redis Cluster), `resume` (a
-//! client that resumes its session, PROTOCOL.md section 11), `tls`; and
+//! client that resumes its session, PROTOCOL.md section 11), `traffic` (probes
+//! exchanged while Redis fails over, and what they lost), `tls`; and
 //! `security`, helpers of the security suites, used as `support::security::*`.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
@@ -29,6 +30,7 @@ mod resume;
 pub mod security;
 mod sentinel;
 mod tls;
+mod traffic;
 mod util;
 
 // Glob re-exports: a binary that uses nothing of a module must not warn.
@@ -58,6 +60,8 @@ pub use resume::*;
 pub use sentinel::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use traffic::*;
 #[allow(unused_imports)]
 pub use util::*;
 

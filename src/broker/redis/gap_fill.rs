@@ -17,7 +17,8 @@ use std::time::Duration;
 use redis::Script;
 
 use super::keys::Keys;
-use crate::broker::Deliveries;
+use super::renumber::Renumberer;
+use crate::broker::{Deliveries, Delivery};
 use crate::crypto::{self, PayloadCipher};
 use crate::ids::{RoomId, UserId};
 
@@ -25,6 +26,10 @@ use crate::ids::{RoomId, UserId};
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Members per pipelined batch of the after-reconnect sweep.
 const SWEEP_BATCH: usize = 100;
+/// How many `seq`s before the last delivered a read returns too, so that frames
+/// Redis numbered again after losing its latest counts are found (registry.rs
+/// remembers as many).
+const LOOKBACK: u64 = 32;
 
 /// Reads mailboxes into the node's sessions.
 pub(super) struct GapFiller {
@@ -32,6 +37,7 @@ pub(super) struct GapFiller {
     keys: Keys,
     deliveries: Arc<dyn Deliveries>,
     cipher: Option<Arc<PayloadCipher>>,
+    renumber: Arc<Renumberer>,
     script: Script,
     /// Members with a read in flight, and whether another was asked for meanwhile.
     in_flight: Mutex<HashMap<(String, String), bool>>,
@@ -43,12 +49,14 @@ impl GapFiller {
         keys: Keys,
         deliveries: Arc<dyn Deliveries>,
         cipher: Option<Arc<PayloadCipher>>,
+        renumber: Arc<Renumberer>,
     ) -> Self {
         Self {
             commands,
             keys,
             deliveries,
             cipher,
+            renumber,
             script: Script::new(include_str!("lua/mailbox_after.lua")),
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -148,7 +156,8 @@ impl GapFiller {
                     cmd.arg(self.script.get_hash())
                         .arg(1)
                         .arg(self.keys.mailbox(room.as_str(), user.as_str()))
-                        .arg(*seq);
+                        .arg(*seq)
+                        .arg(LOOKBACK);
                     cmd
                 })
                 .collect();
@@ -163,8 +172,13 @@ impl GapFiller {
             for text in &held {
                 match crypto::open(self.cipher.as_deref(), &channel, text) {
                     Ok(opened) => {
-                        self.deliveries
-                            .deliver(room.as_str(), user.as_str(), &opened);
+                        let delivery =
+                            self.deliveries
+                                .deliver(room.as_str(), user.as_str(), &opened);
+                        if let Delivery::Renumber { floor } = delivery {
+                            self.renumber
+                                .request(room.as_str(), user.as_str(), floor, &opened);
+                        }
                     }
                     Err(e) => crate::metrics::envelope_dropped(e.label()),
                 }

@@ -17,6 +17,7 @@ pub mod member_record;
 mod pool;
 mod pubsub_link;
 mod relay_conn;
+mod renumber;
 mod resume;
 mod rooms;
 mod script_keys;
@@ -199,7 +200,6 @@ impl RedisBroker {
         let cipher = payload_key.map(|k| Arc::new(PayloadCipher::new(k)));
         let source = Arc::new(Source::new(target)?);
         let source_for_shards = source.clone();
-        crate::metrics::redis_mode(target.mode());
         let publish = if source.is_cluster() {
             Publish::Sharded
         } else {
@@ -223,6 +223,13 @@ impl RedisBroker {
             .set_max_delay(Duration::from_secs(1));
         let relay = RelayConn::new(source.clone(), relay_config);
         let keys = Keys::new(prefix);
+        let renumber = Arc::new(renumber::Renumberer::new(
+            pool.clone(),
+            keys.clone(),
+            cipher.clone(),
+            with_mailbox(include_str!("lua/relay.lua"), publish),
+            resume,
+        ));
         let subscriber = Arc::new(Subscriber::new(
             source,
             pool.clone(),
@@ -230,6 +237,7 @@ impl RedisBroker {
             node_id.clone(),
             deliveries.clone(),
             cipher.clone(),
+            renumber,
         ));
         Ok(Self {
             keys,
@@ -259,6 +267,8 @@ impl RedisBroker {
 
     /// Keeps the subscriber connection up until `cancel`.
     pub async fn run(&self, cancel: CancellationToken) {
+        // Here, not at construction: the metrics recorder is installed by then.
+        crate::metrics::redis_mode(self.redis_mode);
         self.subscriber.clone().run(cancel).await;
     }
 

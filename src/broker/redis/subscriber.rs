@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::gap_fill::GapFiller;
 use super::keys::Keys;
 use super::pubsub_link::{self, Event, Incoming, Link};
+use super::renumber::Renumberer;
 use crate::broker::{BrokerError, Deliveries, Delivery};
 use crate::crypto::{self, PayloadCipher};
 use crate::ids::{NodeId, RoomId, UserId};
@@ -86,6 +87,8 @@ pub(super) struct Subscriber {
     started: Instant,
     /// Reads mailboxes when a gap shows, and after every rebuilt connection.
     gaps: Arc<GapFiller>,
+    /// Numbers frames again that Redis numbered with a `seq` already delivered.
+    renumber: Arc<Renumberer>,
     /// Subscribe and unsubscribe requests, for the batching task.
     ops: mpsc::UnboundedSender<SubscriptionOp>,
     /// Its receiving end, taken by [`Subscriber::run`] for that task.
@@ -118,12 +121,14 @@ impl Subscriber {
         node_id: NodeId,
         deliveries: Arc<dyn Deliveries>,
         cipher: Option<Arc<PayloadCipher>>,
+        renumber: Arc<Renumberer>,
     ) -> Self {
         let gaps = Arc::new(GapFiller::new(
             commands.clone(),
             keys.clone(),
             deliveries.clone(),
             cipher.clone(),
+            renumber.clone(),
         ));
         let (ops, ops_queue) = mpsc::unbounded_channel();
         Self {
@@ -138,6 +143,7 @@ impl Subscriber {
             deliveries,
             sink: Mutex::new(None),
             rebuild: Notify::new(),
+            renumber,
             connected: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             cipher,
@@ -540,11 +546,11 @@ impl Subscriber {
             return;
         };
         match crypto::open(self.cipher.as_deref(), channel, text) {
-            Ok(text) => {
-                if self.deliveries.deliver(room, user, &text) == Delivery::Gap {
-                    self.gaps.request(room, user);
-                }
-            }
+            Ok(text) => match self.deliveries.deliver(room, user, &text) {
+                Delivery::Gap => self.gaps.request(room, user),
+                Delivery::Renumber { floor } => self.renumber.request(room, user, floor, &text),
+                Delivery::Taken | Delivery::Dropped => {}
+            },
             Err(e) => self.report_unreadable(user, e),
         }
     }
