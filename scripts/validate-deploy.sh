@@ -9,6 +9,10 @@
 #                       k8s/schemas/*.schema.json instead; every PrometheusRule expr is
 #                       parsed as PromQL (promql-parser). kustomization.yaml must list
 #                       exactly the manifests.
+#   k8s/redis-cluster/  the managed Redis Cluster component: k8s/ rendered with it
+#                       enabled (`kubectl kustomize`), every document validated as
+#                       above, and the rendering must be cluster mode with seed nodes
+#                       and without the demo Redis.
 #   docker-compose.yml  `docker-compose config -q` and the compose-spec JSON schema.
 #   nginx/              `nginx -t` on the compose config (compose's node hostnames mapped
 #                       to 127.0.0.1: they only resolve inside compose), its upstream
@@ -282,6 +286,52 @@ expect_reject "PrometheusRule with an expr that is not PromQL" "PromQL does not 
 mkdir -p "$WORK/broken/k8s" && cp k8s/*.yaml "$WORK/broken/k8s/" && rm "$WORK/broken/k8s/pdb.yaml"
 expect_reject "kustomization.yaml listing a missing file" "lists pdb.yaml, which does not exist" \
   check_kustomization "$WORK/broken/k8s"
+
+# k8s/ rendered with the redis-cluster component enabled (a copy of k8s/ whose
+# kustomization.yaml has `components` uncommented): each document validated, and
+# the component must do what it is for.
+check_cluster_component() {
+  local base=$1 out="$WORK/rendered-$RANDOM"
+  mkdir -p "$out"
+  local copy="$out/k8s"
+  cp -r "$base" "$copy"
+  sed -i -E 's/^# components:/components:/; s/^#   - redis-cluster/  - redis-cluster/' "$copy/kustomization.yaml"
+  if ! command -v kubectl >/dev/null 2>&1; then
+    echo "error: kubectl (for kubectl kustomize) is not installed"
+    return 1
+  fi
+  kubectl kustomize "$copy" >"$out/all.yaml" || return 1
+  python3 - "$out" <<'PY' || return 1
+import pathlib, sys, yaml
+out = pathlib.Path(sys.argv[1])
+docs = [d for d in yaml.safe_load_all((out / "all.yaml").read_text()) if d]
+for i, doc in enumerate(docs):
+    (out / f"doc-{i:02}.yaml").write_text(yaml.safe_dump(doc))
+def named(kind, name):
+    return [d for d in docs if d.get("kind") == kind and d["metadata"]["name"] == name]
+errors = []
+config = named("ConfigMap", "signal-node-config")
+if not config or config[0].get("data", {}).get("REDIS_MODE") != "cluster":
+    errors.append("REDIS_MODE is not cluster")
+secret = named("Secret", "signal-node-secrets")
+if not secret or "," not in secret[0].get("stringData", {}).get("REDIS_URL", ""):
+    errors.append("REDIS_URL does not list seed nodes")
+if any(d["metadata"]["name"] == "signal-redis" for d in docs):
+    errors.append("the demo Redis (signal-redis) is still rendered")
+for e in errors:
+    print("error:", e)
+sys.exit(1 if errors else 0)
+PY
+  local doc
+  for doc in "$out"/doc-*.yaml; do check_manifest "$doc" >/dev/null || { check_manifest "$doc"; return 1; }; done
+}
+
+echo "== k8s/redis-cluster (component rendered with kubectl kustomize)"
+expect_pass "k8s/ with the redis-cluster component" check_cluster_component k8s
+mkdir -p "$WORK/broken/k8s-component" && cp -r k8s "$WORK/broken/k8s-component/"
+sed -i 's/REDIS_MODE: cluster/REDIS_MODE: single/' "$WORK/broken/k8s-component/k8s/redis-cluster/cluster-mode.yaml"
+expect_reject "the component without cluster mode" "REDIS_MODE is not cluster" \
+  check_cluster_component "$WORK/broken/k8s-component/k8s"
 
 # --- docker-compose ------------------------------------------------------------------
 
