@@ -118,6 +118,12 @@ impl RedisTarget {
             let info = url
                 .into_connection_info()
                 .map_err(|e| format!("seed URL {}: {e}", i + 1))?;
+            if info.redis_settings().db() != 0 {
+                return Err(format!(
+                    "seed URL {}: a Redis Cluster has database 0 only",
+                    i + 1
+                ));
+            }
             if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) {
                 return Err(format!(
                     "seed URL {}: a cluster is reached over TCP, not a unix socket",
@@ -193,5 +199,6 @@ mod tests {
         assert!(RedisTarget::cluster("redis://a:1,").is_err());
         assert!(RedisTarget::cluster("redis://a:1,ftp://b").is_err());
         assert!(RedisTarget::cluster("unix:///tmp/r.sock").is_err());
+        assert!(RedisTarget::cluster("redis://a:1/0,redis://b:2/3").is_err());
     }
 }
