@@ -29,36 +29,6 @@ const RELAY_OUTCOME: Duration = Duration::from_secs(8);
 /// How long a probe message that Redis accepted may take to reach its target.
 const PROBE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Connects like a client following PROTOCOL.md section 6: an `unavailable` + 1013
-/// refusal is retried (after a short backoff) until `within`. Returns the client and
-/// its `room_users` frame.
-async fn join_retrying(
-    node: &TestNode,
-    room: &str,
-    user: &str,
-    within: Duration,
-) -> (TestClient, Value) {
-    let started = Instant::now();
-    let mut refusals = 0;
-    loop {
-        let mut client = TestClient::connect(&node.ws_url(room, user)).await;
-        let frame = client.recv_json().await;
-        if frame["type"] == "room_users" {
-            return (client, frame);
-        }
-        assert_error_frame(&frame, "unavailable", client.label());
-        client.expect_close(1013).await;
-        refusals += 1;
-        assert!(
-            started.elapsed() < within,
-            "{user} refused {refusals} times by {} over {within:?}",
-            node.node_id()
-        );
-        // Client backoff between attempts, as the protocol asks; not a synchronisation.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Waits (bounded) until every node has written its heartbeat key `P node:{id}`:
 /// its upkeep loop has run once with the subscriber up, so the faults of this file
 /// hit a running cluster, not one still starting (a separate scenario).
@@ -565,7 +535,7 @@ async fn paused_node_is_not_resurrected() {
     bob.expect_silence(QUIET).await;
 
     // alice reconnects as a client does (to the resumed node) and bob sees her.
-    let (mut alice, frame) = join_retrying(b, &room, "alice", TIMEOUT * 2).await;
+    let (mut alice, frame) = join_retrying(b, &room, "alice", Instant::now() + TIMEOUT * 2).await;
     let alice_user = assert_room_users(&frame, &room, "alice", &[&bob_user]);
     bob.expect_frame(&user_joined(&alice_user)).await;
     assert_messaging((&mut alice, "alice"), (&mut bob, "bob"), "after-rejoin").await;
@@ -972,8 +942,8 @@ async fn restart_with_same_id_keeps_the_new_runs_members() {
     old_b.sigkill().await;
     let new_b = TestNode::start_named(&redis, &prefix, &node_id, &[]).await;
     let kept = ["dave", "erin"];
-    let (mut dave, _) = join_retrying(&new_b, &room, "dave", TIMEOUT).await;
-    let (mut erin, _) = join_retrying(&new_b, &room, "erin", TIMEOUT).await;
+    let (mut dave, _) = join_retrying(&new_b, &room, "dave", Instant::now() + TIMEOUT).await;
+    let (mut erin, _) = join_retrying(&new_b, &room, "erin", Instant::now() + TIMEOUT).await;
     let restarted_after = killed_at.elapsed();
 
     // The previous run's member is evicted, as before.

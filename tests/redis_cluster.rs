@@ -361,6 +361,35 @@ fn tally(results: &[PairResult]) -> (Vec<String>, usize, usize) {
     (lost, refused, accepted)
 }
 
+/// Lets the traffic go on until every side has received 5 probes sent after the
+/// fault (by `deadline`), stops it, prints the tally for `what`, and asserts that no
+/// accepted probe was lost. Returns what is left: the clients, still connected.
+async fn finish(
+    pairs: Vec<PairTraffic>,
+    stop: &AtomicBool,
+    deadline: Instant,
+    what: &str,
+) -> Vec<PairResult> {
+    wait_all(
+        &pairs,
+        deadline,
+        &format!("probes after the {what}"),
+        |log| log.received.iter().filter(|r| r.1).count() >= 5,
+    )
+    .await;
+    let results = stop_all(pairs, stop).await;
+    let (lost, refused, accepted) = tally(&results);
+    eprintln!(
+        "{what}: {accepted} probes accepted, {refused} refused (their senders got an error), {} lost: {lost:?}",
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "accepted probes that never arrived: {lost:?}"
+    );
+    results
+}
+
 /// SIGKILL of a master while every room (two per shard) exchanges probes both
 /// ways: its replica is promoted, every room relays again within RECOVERY of the
 /// promotion on the same connections, nothing a sender was told was accepted is
@@ -418,23 +447,7 @@ async fn master_failover_under_traffic_is_followed() {
     }
     eprintln!("timing: cluster failover: promotion -> every room relaying again {slowest:?}");
     // Steady again: a few more each way, then stop.
-    wait_all(
-        &pairs,
-        recovered_by,
-        "more probes after the failover",
-        |log| log.received.iter().filter(|r| r.1).count() >= 5,
-    )
-    .await;
-    let results = stop_all(pairs, &stop).await;
-    let (lost, refused, accepted) = tally(&results);
-    eprintln!(
-        "failover: {accepted} probes accepted, {refused} refused (their senders got an error), {} lost: {lost:?}",
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "accepted probes that never arrived: {lost:?}"
-    );
+    let _clients = finish(pairs, &stop, recovered_by, "failover").await;
 
     for node in &nodes {
         for (room, first_user, second_user) in &members {
@@ -473,11 +486,7 @@ async fn slot_migration_under_traffic_loses_nothing() {
     let room_key = format!("{prefix}room:{{{room}}}");
     let slot = rc.slot_of(&room_key);
     let source = rc.master_of_slot(slot);
-    let target = rc
-        .masters()
-        .into_iter()
-        .find(|m| *m != source)
-        .expect("another master");
+    let target = rc.another_master(source);
     let started = Instant::now();
     let keys_moved = tokio::task::block_in_place(|| {
         // FAULT: the slot moves key by key, a pause between keys.
@@ -488,23 +497,7 @@ async fn slot_migration_under_traffic_loses_nothing() {
         "migration: slot {slot} ({keys_moved} keys) {source} -> {target} in {:?}",
         started.elapsed()
     );
-    wait_all(
-        &pairs,
-        Instant::now() + RECOVERY,
-        "probes after the migration",
-        |log| log.received.iter().filter(|r| r.1).count() >= 5,
-    )
-    .await;
-    let results = stop_all(pairs, &stop).await;
-    let (lost, refused, accepted) = tally(&results);
-    eprintln!(
-        "migration: {accepted} probes accepted, {refused} refused, {} lost: {lost:?}",
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "accepted probes that never arrived: {lost:?}"
-    );
+    let _clients = finish(pairs, &stop, Instant::now() + RECOVERY, "migration").await;
 
     assert_eq!(rc.master_of_key(&room_key), target);
     assert!(rc

@@ -190,11 +190,7 @@ fn a_slot_moves_to_another_master_with_all_its_keys() {
     }
     let mset: Vec<&str> = mset.iter().map(String::as_str).collect();
     assert_eq!(cluster.cli(from, &mset).trim(), "OK");
-    let to = *cluster
-        .masters()
-        .iter()
-        .find(|&&port| port != from)
-        .expect("3 masters");
+    let to = cluster.another_master(from);
 
     let moved = timed("migration of a slot with 200 keys", || {
         cluster.migrate_slot(slot, to)
@@ -232,11 +228,7 @@ fn a_slot_moves_slowly_while_keys_are_written_through_redirects() {
         mset.extend([key.as_str(), "v"]);
     }
     assert_eq!(cluster.cli(from, &mset).trim(), "OK");
-    let to = *cluster
-        .masters()
-        .iter()
-        .find(|&&port| port != from)
-        .expect("3 masters");
+    let to = cluster.another_master(from);
 
     // A writer keeps adding keys of the slot (following ASK and MOVED) until the
     // migration is over.

@@ -225,6 +225,15 @@ impl RedisCluster {
         masters
     }
 
+    /// A master other than the one on `port` (the first, by port), e.g. where to
+    /// move a slot.
+    pub fn another_master(&self, port: u16) -> u16 {
+        self.masters()
+            .into_iter()
+            .find(|&master| master != port)
+            .unwrap_or_else(|| panic!("no master other than {port}"))
+    }
+
     /// The replicas of the master on `master_port` by port, as the first live node sees
     /// them now (`CLUSTER REPLICAS`), sorted.
     pub fn replicas_of(&self, master_port: u16) -> Vec<u16> {

@@ -116,14 +116,8 @@ impl Link {
         match self {
             Self::Classic(sink) => sink.subscribe(channels).await,
             Self::Sharded { conn, awaited } => {
-                let groups = by_slot(channels);
                 expect(&mut lock(awaited).subscribes, channels);
-                let runs = groups.into_iter().map(|group| {
-                    let mut conn = conn.clone();
-                    async move { conn.ssubscribe(&group).await }
-                });
-                let results = futures::future::join_all(runs).await;
-                results.into_iter().collect()
+                per_slot(conn, channels, true).await
             }
         }
     }
@@ -133,17 +127,30 @@ impl Link {
         match self {
             Self::Classic(sink) => sink.unsubscribe(channels).await,
             Self::Sharded { conn, awaited } => {
-                let groups = by_slot(channels);
                 expect(&mut lock(awaited).unsubscribes, channels);
-                let runs = groups.into_iter().map(|group| {
-                    let mut conn = conn.clone();
-                    async move { conn.sunsubscribe(&group).await }
-                });
-                let results = futures::future::join_all(runs).await;
-                results.into_iter().collect()
+                per_slot(conn, channels, false).await
             }
         }
     }
+}
+
+/// One SSUBSCRIBE (or SUNSUBSCRIBE) per slot of `channels`, concurrently.
+async fn per_slot(
+    conn: &ClusterConnection,
+    channels: &[String],
+    subscribe: bool,
+) -> RedisResult<()> {
+    let runs = by_slot(channels).into_iter().map(|group| {
+        let mut conn = conn.clone();
+        async move {
+            if subscribe {
+                conn.ssubscribe(&group).await
+            } else {
+                conn.sunsubscribe(&group).await
+            }
+        }
+    });
+    futures::future::join_all(runs).await.into_iter().collect()
 }
 
 /// `channels` grouped by cluster slot (SSUBSCRIBE takes channels of one slot).

@@ -128,14 +128,12 @@ impl Source {
             SourceKind::Single(client) => Ok(client.clone()),
             SourceKind::Sentinel(sentinel) => {
                 let ask = async { sentinel.lock().await.async_get_client().await };
-                tokio::time::timeout(SENTINEL_TIMEOUT, ask)
-                    .await
-                    .map_err(|_| {
-                        RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no sentinel named the master in time",
-                        ))
-                    })?
+                within(
+                    SENTINEL_TIMEOUT,
+                    "no sentinel named the master in time",
+                    ask,
+                )
+                .await
             }
             SourceKind::Cluster { .. } => Err(not_a_cluster()),
         }
@@ -154,14 +152,24 @@ fn cluster_builder(seeds: &[redis::ConnectionInfo]) -> ClusterClientBuilder {
 }
 
 async fn connect_cluster(client: &ClusterClient) -> RedisResult<ClusterConnection> {
-    tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, client.get_async_connection())
+    let connect = client.get_async_connection();
+    within(
+        CLUSTER_CONNECT_TIMEOUT,
+        "no cluster seed answered in time",
+        connect,
+    )
+    .await
+}
+
+/// `work`, or a timeout error saying `what` when it takes longer than `bound`.
+async fn within<T>(
+    bound: Duration,
+    what: &'static str,
+    work: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(bound, work)
         .await
-        .map_err(|_| {
-            RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no cluster seed answered in time",
-            ))
-        })?
+        .map_err(|_| RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what)))?
 }
 
 fn not_a_cluster() -> RedisError {

@@ -72,16 +72,7 @@ impl RedisTarget {
     /// The password and database of the first URL are the master's (sentinels are
     /// asked without credentials). The error names the URL that failed, by position.
     pub fn sentinel(urls: &str, master: &str) -> Result<Self, String> {
-        let mut sentinels = Vec::new();
-        for (i, url) in urls.split(',').map(str::trim).enumerate() {
-            if url.is_empty() {
-                return Err(format!("sentinel URL {} is empty", i + 1));
-            }
-            let info = url
-                .into_connection_info()
-                .map_err(|e| format!("sentinel URL {}: {e}", i + 1))?;
-            sentinels.push(info);
-        }
+        let sentinels = parse_list(urls, "sentinel")?;
         let Some(first) = sentinels.first() else {
             return Err("no sentinel URL".to_owned());
         };
@@ -110,14 +101,8 @@ impl RedisTarget {
     /// Parses `REDIS_URL` as a comma-separated list of Redis Cluster seed nodes. The
     /// error names the URL that failed, by position.
     pub fn cluster(urls: &str) -> Result<Self, String> {
-        let mut seeds = Vec::new();
-        for (i, url) in urls.split(',').map(str::trim).enumerate() {
-            if url.is_empty() {
-                return Err(format!("seed URL {} is empty", i + 1));
-            }
-            let info = url
-                .into_connection_info()
-                .map_err(|e| format!("seed URL {}: {e}", i + 1))?;
+        let seeds = parse_list(urls, "seed")?;
+        for (i, info) in seeds.iter().enumerate() {
             if info.redis_settings().db() != 0 {
                 return Err(format!(
                     "seed URL {}: a Redis Cluster has database 0 only",
@@ -130,10 +115,6 @@ impl RedisTarget {
                     i + 1
                 ));
             }
-            seeds.push(info);
-        }
-        if seeds.is_empty() {
-            return Err("no seed URL".to_owned());
         }
         let addresses: Vec<String> = seeds.iter().map(address).collect();
         let display = format!("cluster via {}", addresses.join(","));
@@ -159,6 +140,25 @@ impl RedisTarget {
             TargetKind::Cluster(_) => "cluster",
         }
     }
+}
+
+/// A comma-separated list of Redis URLs (`what`: sentinel or seed), at least one;
+/// the error names the URL that failed, by position.
+fn parse_list(urls: &str, what: &str) -> Result<Vec<redis::ConnectionInfo>, String> {
+    let mut infos = Vec::new();
+    for (i, url) in urls.split(',').map(str::trim).enumerate() {
+        if url.is_empty() {
+            return Err(format!("{what} URL {} is empty", i + 1));
+        }
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("{what} URL {}: {e}", i + 1))?;
+        infos.push(info);
+    }
+    if infos.is_empty() {
+        return Err(format!("no {what} URL"));
+    }
+    Ok(infos)
 }
 
 /// `redis://host:port` without credentials, for logs.
