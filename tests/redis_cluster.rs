@@ -396,7 +396,25 @@ async fn finish(
 /// lost, nothing arrives twice or out of order, REST and /readyz answer right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_failover_under_traffic_is_followed() {
+    failover_under_traffic(None).await;
+}
+
+/// The same with Redis's failover slower than a node heartbeat's TTL
+/// (`cluster-node-timeout` 7 s, where production clusters often run 15 s), and the
+/// master killed the one holding node 0's heartbeat: that heartbeat expires while its
+/// shard is down, yet no node is declared dead, no session closes, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_failover_of_a_heartbeat_shard_declares_no_node_dead() {
+    failover_under_traffic(Some(Duration::from_secs(7))).await;
+}
+
+/// The failover scenario; `slow`: the cluster's node timeout, and the victim is
+/// the master of node 0's heartbeat (else the master of the first room).
+async fn failover_under_traffic(slow: Option<Duration>) {
     let (rc, prefix, nodes) = on_cluster(3, 1, 2, &[GRACE]).await;
+    if let Some(timeout) = slow {
+        tokio::task::block_in_place(|| rc.set_node_timeout(timeout));
+    }
     let rooms = tokio::task::block_in_place(|| rooms_on_every_master(&rc, &prefix, 2));
     let killed = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -417,12 +435,16 @@ async fn master_failover_under_traffic_is_followed() {
     )
     .await;
 
-    let victim_room = &rooms[0].0;
-    let slot = rc.slot_of(&format!("{prefix}room:{{{victim_room}}}"));
+    let victim_key = match slow {
+        Some(_) => format!("{prefix}node:{{{}}}", nodes[0].node_id()),
+        None => format!("{prefix}room:{{{}}}", rooms[0].0),
+    };
+    let slot = rc.slot_of(&victim_key);
     let kill_at = Instant::now();
     let old = tokio::task::block_in_place(|| rc.kill_master_of_slot(slot)); // FAULT: a master is SIGKILLed.
     killed.store(true, Ordering::SeqCst);
-    let new = tokio::task::block_in_place(|| rc.wait_for_failover(slot, old, FAILOVER));
+    let bound = FAILOVER + slow.unwrap_or_default() * 2;
+    let new = tokio::task::block_in_place(|| rc.wait_for_failover(slot, old, bound));
     let promoted_at = Instant::now();
     eprintln!(
         "timing: cluster failover: kill -> promotion {:?} (master {old} -> {new})",

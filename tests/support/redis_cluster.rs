@@ -225,6 +225,15 @@ impl RedisCluster {
         masters
     }
 
+    /// Sets `cluster-node-timeout` on every live node: how long a silent master
+    /// goes before it is failed and its replica promoted.
+    pub fn set_node_timeout(&self, timeout: Duration) {
+        let millis = timeout.as_millis().to_string();
+        for port in self.live_ports() {
+            self.cli(port, &["CONFIG", "SET", "cluster-node-timeout", &millis]);
+        }
+    }
+
     /// A master other than the one on `port` (the first, by port), e.g. where to
     /// move a slot.
     pub fn another_master(&self, port: u16) -> u16 {

@@ -291,6 +291,12 @@ impl RedisBroker {
         self.subscriber.epoch()
     }
 
+    /// How long ago the subscription last met trouble (a shard failing over, Redis
+    /// unreachable); `None` if never.
+    pub fn since_subscriber_trouble(&self) -> Option<Duration> {
+        self.subscriber.since_trouble()
+    }
+
     /// Whether the subscriber connection is up.
     pub fn subscriber_connected(&self) -> bool {
         self.subscriber.is_connected()

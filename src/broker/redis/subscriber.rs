@@ -85,6 +85,11 @@ pub(super) struct Subscriber {
     /// key mismatch is reported loudly but not once per message.
     last_open_error: AtomicU64,
     started: Instant,
+    /// When the subscription last met trouble (milliseconds since `started`, 0:
+    /// never): a shard's connection dropped, a probe could not be published, the
+    /// connection subscribed channels again or lost them. Heartbeats missing around
+    /// then prove nothing (upkeep.rs).
+    troubled_at: AtomicU64,
     /// Reads mailboxes when a gap shows, and after every rebuilt connection.
     gaps: Arc<GapFiller>,
     /// Numbers frames again that Redis numbered with a `seq` already delivered.
@@ -149,12 +154,30 @@ impl Subscriber {
             cipher,
             last_open_error: AtomicU64::new(0),
             started: Instant::now(),
+            troubled_at: AtomicU64::new(0),
         }
     }
 
     /// Whether the connection is up and every local user is subscribed.
     pub(super) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// How long ago the subscription last met trouble; `None` if it never did.
+    pub(super) fn since_trouble(&self) -> Option<Duration> {
+        match self.troubled_at.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at)),
+            ),
+        }
+    }
+
+    fn troubled(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.troubled_at.store(now.max(1), Ordering::Release);
     }
 
     /// How many times the connection has been (re)established.
@@ -474,7 +497,10 @@ impl Subscriber {
                         // Came back before its publish was confirmed: nothing to wait for.
                         (Some(_), None) => {}
                         // The command path failed (reported there): not a lost probe.
-                        (None, _) => outstanding = None,
+                        (None, _) => {
+                            outstanding = None;
+                            self.troubled();
+                        }
                     }
                     continue;
                 }
@@ -499,11 +525,13 @@ impl Subscriber {
                     self.dispatch(&channel, &payload);
                 }
                 Event::Resubscribed(channel) => {
+                    self.troubled();
                     if let Some((room, user)) = self.keys.channel_target(&channel) {
                         self.gaps.request(room, user);
                     }
                 }
                 Event::Dropped(channel) => {
+                    self.troubled();
                     let member = self
                         .keys
                         .channel_target(&channel)
@@ -517,6 +545,7 @@ impl Subscriber {
                     }
                 }
                 Event::ShardLost => {
+                    self.troubled();
                     if !fast {
                         tracing::warn!("a shard's subscriber connection dropped; probing every shard until all answer");
                     }

@@ -195,7 +195,13 @@ async fn sweep_loop(
         }
         if last_dead_sweep.is_none_or(|t| t.elapsed() >= HEARTBEAT_INTERVAL) {
             last_dead_sweep = Some(Instant::now());
-            let trusted = Instant::now() >= lock(shared).trust_expiry_at;
+            // A heartbeat can be missing because its shard was failing over (on a
+            // Redis Cluster the node could not beat there meanwhile): after any
+            // trouble of the subscription, expiry proves nothing for a heartbeat TTL.
+            let settled = redis
+                .since_subscriber_trouble()
+                .is_none_or(|since| since >= NODE_TTL);
+            let trusted = settled && Instant::now() >= lock(shared).trust_expiry_at;
             clean_dead_runs(redis, trusted).await;
         }
         let due = {
