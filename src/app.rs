@@ -141,6 +141,8 @@ fn log_security(config: &Config) {
         payload_encryption = s.payload_key.is_some(),
         "security settings"
     );
+    // The IceServers Debug form shows counts and URLs, never the TURN secret.
+    tracing::info!(ice = ?config.ice, "ICE servers handed to clients");
 }
 
 /// The exporter keeps histograms bounded only if its upkeep runs.

@@ -34,6 +34,9 @@
 //! | `MAX_PENDING_CONNECTIONS` | `1024` | 1–1000000: connections not yet upgraded to WebSocket; past it the oldest is closed |
 //! | `RESUME_GRACE_SECONDS` | `20` | 0–3600: how long a dropped member stays in its room, resumable; `0` turns resume off |
 //! | `RESUME_BUFFER_MESSAGES` | `256` | 1–100000: most relayed messages held for one member; more make its resume fail |
+//! | `ICE_SERVERS` | `[]` | JSON array of RTCIceServer objects handed to every client |
+//! | `TURN_URLS`, `TURN_SECRET` | unset | turn:/turns: URLs (comma list) and coturn's `static-auth-secret`: time-limited TURN credentials for every client |
+//! | `TURN_TTL_SECONDS` | `86400` | 60–2592000: how long those credentials are valid |
 //!
 //! Every number has an inclusive range (the `*_RANGE` constants below); outside it
 //! startup stops with one line that shows the range.
@@ -46,6 +49,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::broker::redis::RedisTarget;
+use crate::ice::{IceError, IceServers};
 use crate::ids::{is_valid_id, NodeId};
 
 /// A configuration value that cannot be used; startup stops with this message.
@@ -102,6 +106,8 @@ const CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 const RESUME_GRACE_RANGE: RangeInclusive<u64> = 0..=3600;
 /// `RESUME_BUFFER_MESSAGES`: at least one, at most what Redis holds cheaply per member.
 const RESUME_BUFFER_RANGE: RangeInclusive<usize> = 1..=100_000;
+/// `TURN_TTL_SECONDS`: a minute (a call must get connected) to 30 days.
+const TURN_TTL_RANGE: RangeInclusive<u64> = 60..=2_592_000;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +160,8 @@ pub struct Config {
     pub security: Security,
     /// Connection rise within a minute that is logged as a spike.
     pub alert_connection_spike: usize,
+    /// STUN/TURN servers and TURN credentials handed to clients (section 12).
+    pub ice: IceServers,
     /// Bounds on HTTP connections before they become WebSockets.
     pub http: HttpLimits,
 }
@@ -311,6 +319,7 @@ impl Config {
         let alert_connection_spike =
             parse_in(&get, "ALERT_CONNECTION_SPIKE", 1000, CONNECTIONS_RANGE)?;
         let http = http_limits(&get)?;
+        let ice = ice_servers(&get)?;
 
         Ok(Self {
             host,
@@ -332,6 +341,7 @@ impl Config {
             security,
             alert_connection_spike,
             http,
+            ice,
         })
     }
 }
@@ -468,6 +478,32 @@ fn security(get: &impl Fn(&str) -> Option<String>) -> Result<Security, ConfigErr
         tls,
         allowed_origins,
         payload_key,
+    })
+}
+
+/// `ICE_SERVERS`, `TURN_URLS`, `TURN_SECRET`, `TURN_TTL_SECONDS` (PROTOCOL.md
+/// section 12). The values are never echoed: they may hold credentials.
+fn ice_servers(get: &impl Fn(&str) -> Option<String>) -> Result<IceServers, ConfigError> {
+    let ttl = parse_in(get, "TURN_TTL_SECONDS", 86_400, TURN_TTL_RANGE)?;
+    let (fixed, urls, secret) = (get("ICE_SERVERS"), get("TURN_URLS"), get("TURN_SECRET"));
+    IceServers::new(
+        fixed.as_deref(),
+        urls.as_deref(),
+        secret.as_deref(),
+        Duration::from_secs(ttl),
+    )
+    .map_err(|e| {
+        let var = match e {
+            IceError::Servers(_) => "ICE_SERVERS",
+            IceError::TurnUrls(_) | IceError::TurnUrlsMissing => "TURN_URLS",
+            IceError::TurnSecretMissing => "TURN_SECRET",
+        };
+        let reason = e.to_string();
+        let reason = reason
+            .strip_prefix(&format!("{var}: "))
+            .unwrap_or(&reason)
+            .to_owned();
+        invalid(var, "(not shown)", &reason)
     })
 }
 
@@ -878,6 +914,7 @@ mod tests {
         ("MAX_CONNECTIONS", 1, 1_000_000, &[]),
         ("RESUME_GRACE_SECONDS", 0, 3600, &[]),
         ("RESUME_BUFFER_MESSAGES", 1, 100_000, &[]),
+        ("TURN_TTL_SECONDS", 60, 2_592_000, &[]),
         ("ALERT_CONNECTION_SPIKE", 1, 1_000_000, &[]),
         ("HTTP_HEADER_TIMEOUT_SECONDS", 1, 300, &[]),
         ("HTTP_IDLE_TIMEOUT_SECONDS", 1, 3600, &[]),

@@ -44,6 +44,7 @@ pub mod config;
 pub mod crypto;
 pub mod envelope;
 pub mod http;
+pub mod ice;
 pub mod ids;
 pub mod incarnation;
 pub mod log_limit;

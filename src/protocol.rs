@@ -598,12 +598,22 @@ pub fn user_left_frame(user: &str, room: &str, reason: LeaveReason) -> String {
 
 /// `joined_at` for a join happening now: RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339_millis() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    format_millis(time::OffsetDateTime::now_utc())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+/// Unix seconds as RFC 3339 UTC with milliseconds (`expires_at` of `POST /tokens`
+/// and `GET /ice-servers`); `None` outside the calendar's range.
+pub fn rfc3339_millis(unix_secs: u64) -> Option<String> {
+    let secs = i64::try_from(unix_secs).ok()?;
+    format_millis(time::OffsetDateTime::from_unix_timestamp(secs).ok()?)
+}
+
+fn format_millis(at: time::OffsetDateTime) -> Option<String> {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    now.format(&format)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
+    at.format(&format).ok()
 }
 
 #[cfg(test)]

@@ -301,14 +301,8 @@ pub(super) async fn create_token(
         ttl,
     )
     .map_err(|e| AppError::Internal(e.to_string()))?;
-    let expires_at =
-        time::OffsetDateTime::from_unix_timestamp(i64::try_from(exp).unwrap_or(i64::MAX))
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .ok_or_else(|| AppError::Internal("token expiry out of range".into()))?;
+    let expires_at = crate::protocol::rfc3339_millis(exp)
+        .ok_or_else(|| AppError::Internal("token expiry out of range".into()))?;
     tracing::info!(user_id = %body.user_id, room_id = %body.room_id, "token issued");
     Ok((
         StatusCode::CREATED,

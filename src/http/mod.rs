@@ -4,6 +4,7 @@ mod activity;
 mod admin;
 mod error;
 mod extract;
+mod ice;
 pub mod listener;
 mod ops;
 mod pending;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/stats", get(ops::stats))
         .route("/nodes", get(ops::nodes))
+        .route("/ice-servers", get(ice::ice_servers))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { AppError::NotFound })

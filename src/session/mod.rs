@@ -274,7 +274,12 @@ async fn serve(
         resume_seconds: state.config.resume_grace.as_secs(),
         resumed: start.resumed,
     };
-    let first = room_users_frame(&room, &start.me, &users, &info, &[]);
+    // Fresh TURN credentials with every room_users, a resumed one included.
+    let ice = state
+        .config
+        .ice
+        .for_user(user.as_str(), std::time::SystemTime::now());
+    let first = room_users_frame(&room, &start.me, &users, &info, &ice.servers);
     let activated = state.registry.activate(
         &user,
         session,
