@@ -248,6 +248,22 @@ impl Config {
         Self::from_vars(|name| std::env::var(name).ok(), default_node_id)
     }
 
+    /// Reads the settings the command line gathered (by variable name: a flag, or
+    /// its environment variable), then the process environment for the rest.
+    pub fn from_settings(
+        settings: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_vars(
+            |name| {
+                settings
+                    .get(name)
+                    .cloned()
+                    .or_else(|| std::env::var(name).ok())
+            },
+            default_node_id,
+        )
+    }
+
     /// Parses configuration from any lookup function, so tests never touch the
     /// process environment. `default_node_id` is asked only when `NODE_ID` is unset.
     pub fn from_vars(

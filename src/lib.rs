@@ -40,6 +40,7 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod envelope;

@@ -1,6 +1,7 @@
-//! `signal-node`: read the configuration, start logging, bind, serve until SIGTERM.
-//! `signal-node healthcheck` asks a running node on this host whether it is alive
-//! (for container HEALTHCHECKs, where no curl is installed).
+//! `signal-node`: read the command line and the configuration, start logging,
+//! bind, serve until SIGTERM. `signal-node healthcheck` asks a running node on this
+//! host whether it is alive (for container HEALTHCHECKs, where no curl is
+//! installed); `signal-node token` prints a client token (src/cli.rs).
 
 // The node's future nests the engine's (see the same limit in lib.rs).
 #![recursion_limit = "256"]
@@ -9,7 +10,8 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use signal_node::{app, config::Config, shutdown, telemetry};
+use signal_node::cli::{self, Command, TokenArgs, TokenRole};
+use signal_node::{app, auth, config::Config, ids::UserId, protocol::Role, shutdown, telemetry};
 use tracing::Instrument;
 
 /// Exit 0 when `GET /healthz` on this host's `PORT` answers 200. With native TLS
@@ -34,16 +36,49 @@ fn healthcheck(config: &Config) -> ExitCode {
     }
 }
 
+/// Prints a client token for `args`, signed with `JWT_SECRET` like `POST /tokens`
+/// (same rules: a valid user id, a valid room id or `*`, the lifetime capped at
+/// `TOKEN_MAX_TTL_SECONDS`); exit 2 with one line when it cannot.
+fn token(config: &Config, args: &TokenArgs) -> ExitCode {
+    let refuse = |why: &str| {
+        eprintln!("signal-node token: {why}");
+        ExitCode::from(2)
+    };
+    if UserId::parse(&args.user).is_err() {
+        return refuse("--user is not a valid user id (1-64 of A-Z a-z 0-9 _ - .)");
+    }
+    if args.room != "*" && signal_node::ids::RoomId::parse(&args.room).is_err() {
+        return refuse("--room is not a valid room id (1-64 of A-Z a-z 0-9 _ - .) nor *");
+    }
+    let role = args.role.map(|r| match r {
+        TokenRole::Peer => Role::Peer,
+        TokenRole::Host => Role::Host,
+        TokenRole::Audience => Role::Audience,
+    });
+    let ttl = Duration::from_secs(args.ttl);
+    match auth::issue(&config.security, &args.user, &args.room, role, ttl) {
+        Ok((token, _)) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(auth::IssueError::NoSecret) => refuse("JWT_SECRET is not set: nothing to sign with"),
+        Err(e) => refuse(&e.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
+    let (command, settings) = cli::parse();
+    let config = match Config::from_settings(&settings) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("signal-node: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck(&config);
+    match &command {
+        Some(Command::Healthcheck) => return healthcheck(&config),
+        Some(Command::Token(args)) => return token(&config, args),
+        Some(Command::Serve) | None => {}
     }
     // One TLS crypto provider for the process: native TLS and rediss:// both use it.
     let _ = rustls::crypto::ring::default_provider().install_default();

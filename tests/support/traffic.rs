@@ -295,10 +295,19 @@ pub async fn join_retrying(
 /// Runs the node binary with exactly `env` (plus HOST and a free PORT); it must exit
 /// (bounded wait). Returns its status, stderr and stdout.
 pub fn run_node_expecting_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    run_command_expecting_exit(&[], env)
+}
+
+/// [`run_node_expecting_exit`] with command-line arguments (a subcommand, flags).
+pub fn run_command_expecting_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String, String) {
     let dir = TempDir::new();
     let stdout_path = dir.path().join("stdout");
     let stderr_path = dir.path().join("stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_signal-node"))
+        .args(args)
         .env_clear()
         .env("HOST", "127.0.0.1")
         .env("PORT", free_port().to_string())
