@@ -116,7 +116,7 @@ impl LeaveReason {
 
 /// A member's role (PROTOCOL.md section 9): `peer` in an ordinary room; `host` or
 /// `audience` in a moderated one (from the room's hosts or the client token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Peer,
@@ -145,7 +145,7 @@ impl Role {
 }
 
 /// The `USER` object: exactly these keys (PROTOCOL.md section 2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub user_id: String,
     pub room_id: String,
@@ -155,7 +155,7 @@ pub struct User {
 }
 
 /// `GET /users/{id}`: a `USER` plus the node holding the session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     #[serde(flatten)]
     pub user: User,

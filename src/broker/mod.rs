@@ -274,7 +274,7 @@ impl ResumeSettings {
 }
 
 /// One Redis Cluster master as `/readyz` and `/stats` show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ShardHealth {
     /// `host:port` of the master.
     pub address: String,

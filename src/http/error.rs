@@ -4,9 +4,70 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::broker::BrokerError;
+
+/// The body of every HTTP error: `{"error":{"code","message"}}` (PROTOCOL.md
+/// section 8).
+// A type rather than `json!`, so that the answers and `/openapi.json` cannot drift apart.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code and a message for humans.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: clients branch on it.
+    pub code: HttpErrorCode,
+    /// For humans; may change between versions.
+    pub message: String,
+}
+
+/// Every `code` an HTTP error can carry.
+// An enum rather than strings, so that the document lists them all, from the very
+// names the node sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpErrorCode {
+    /// 400: an id breaks PROTOCOL.md section 1.
+    InvalidId,
+    /// 400: a malformed body, field or query parameter.
+    InvalidRequest,
+    /// 401: no usable bearer token.
+    Unauthorized,
+    /// 403: a bearer that does not grant this.
+    Forbidden,
+    /// 403: a WebSocket from an origin outside `ALLOWED_ORIGINS`.
+    ForbiddenOrigin,
+    /// 403: `ADMIN_TOKEN` is not configured.
+    AdminDisabled,
+    /// 404: no such endpoint.
+    NotFound,
+    /// 404: no such user is connected.
+    UserNotFound,
+    /// 404: no such room.
+    RoomNotFound,
+    /// 405: the path does not serve this method.
+    MethodNotAllowed,
+    /// 409: `POST /rooms` for an existing room.
+    RoomExists,
+    /// 409: `POST /tokens` without `JWT_SECRET`.
+    TokensDisabled,
+    /// 413: a body over the limit.
+    PayloadTooLarge,
+    /// 415: a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// 426: a plain request to the WebSocket endpoint.
+    UpgradeRequired,
+    /// 500: something that should not fail did.
+    Internal,
+    /// 503: the cluster state store did not answer.
+    Unavailable,
+}
 
 /// Everything a REST handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -65,79 +126,91 @@ pub enum AppError {
 }
 
 impl AppError {
-    fn parts(&self) -> (StatusCode, &'static str, &str) {
+    fn parts(&self) -> (StatusCode, HttpErrorCode, &str) {
         match self {
             Self::ForbiddenOrigin => (
                 StatusCode::FORBIDDEN,
-                "forbidden_origin",
+                HttpErrorCode::ForbiddenOrigin,
                 "this origin may not open sessions",
             ),
             Self::AdminDisabled => (
                 StatusCode::FORBIDDEN,
-                "admin_disabled",
+                HttpErrorCode::AdminDisabled,
                 "the admin API is disabled: set ADMIN_TOKEN to enable it",
             ),
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                HttpErrorCode::Unauthorized,
                 "a valid bearer token is required",
             ),
             Self::Forbidden => (
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                HttpErrorCode::Forbidden,
                 "this token does not grant access to this",
             ),
-            Self::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", why.as_str()),
-            Self::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found", "no such room"),
+            Self::InvalidRequest(why) => (
+                StatusCode::BAD_REQUEST,
+                HttpErrorCode::InvalidRequest,
+                why.as_str(),
+            ),
+            Self::RoomNotFound => (
+                StatusCode::NOT_FOUND,
+                HttpErrorCode::RoomNotFound,
+                "no such room",
+            ),
             Self::RoomExists => (
                 StatusCode::CONFLICT,
-                "room_exists",
+                HttpErrorCode::RoomExists,
                 "a room with this id exists",
             ),
             Self::TokensDisabled => (
                 StatusCode::CONFLICT,
-                "tokens_disabled",
+                HttpErrorCode::TokensDisabled,
                 "token issuing needs JWT_SECRET",
             ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                HttpErrorCode::Internal,
                 "internal error",
             ),
             Self::InvalidId => (
                 StatusCode::BAD_REQUEST,
-                "invalid_id",
+                HttpErrorCode::InvalidId,
                 "ids are 1 to 64 characters from A-Z a-z 0-9 _ - .",
             ),
             Self::UserNotFound => (
                 StatusCode::NOT_FOUND,
-                "user_not_found",
+                HttpErrorCode::UserNotFound,
                 "no such user is connected",
             ),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                HttpErrorCode::NotFound,
+                "no such endpoint",
+            ),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                HttpErrorCode::MethodNotAllowed,
                 "this endpoint does not answer this method",
             ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                HttpErrorCode::PayloadTooLarge,
                 "the request body is over the limit",
             ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                HttpErrorCode::UnsupportedMediaType,
                 "the body must be JSON with Content-Type: application/json",
             ),
             Self::UpgradeRequired => (
                 StatusCode::UPGRADE_REQUIRED,
-                "upgrade_required",
+                HttpErrorCode::UpgradeRequired,
                 "this endpoint only answers WebSocket upgrades",
             ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                HttpErrorCode::Unavailable,
                 "the cluster state store is unreachable; retry",
             ),
         }
@@ -158,11 +231,13 @@ impl IntoResponse for AppError {
             Self::Internal(cause) => tracing::error!(error = %cause, "request failed"),
             _ => {}
         }
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.to_owned(),
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }
 

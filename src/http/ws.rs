@@ -11,7 +11,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
+use super::error::ErrorBody;
+use super::openapi::{ROOM_ID, USER_ID};
 use super::AppError;
 use crate::auth::{bearer, Denied};
 use crate::ids::{RoomId, UserId};
@@ -30,9 +33,12 @@ fn write_buffer_bound(max_queue_bytes: usize) -> usize {
 }
 
 /// Query parameters a client may send. They are never logged.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WsQuery {
+    /// A client token (jwt mode); `Authorization: Bearer` works too.
     token: Option<String>,
+    /// The room's password, for a password-protected room.
     password: Option<String>,
     /// A resume token (PROTOCOL.md section 11).
     resume: Option<String>,
@@ -67,6 +73,31 @@ fn refuse<F: OnFailedUpgrade>(
     ws.on_upgrade(move |socket| tracker.track_future(session::reject(socket, code, close, text)))
 }
 
+/// Opens a signaling session: a WebSocket of JSON text frames (PROTOCOL.md
+/// sections 2 to 6).
+///
+/// A refused connection (bad id, wrong or missing token or password, full
+/// room or node, draining node) is still upgraded: the server sends one `error`
+/// frame, then closes with the close code of section 6 (4400 `invalid_id`, 4401
+/// `unauthorized`, 4403 `forbidden` or `room_full`, 1013 `unavailable`, 1001
+/// `shutdown`), so that browsers can read why. Only the origin check answers in
+/// HTTP.
+#[utoipa::path(
+    get,
+    path = "/ws/{room_id}/{user_id}",
+    tag = "session",
+    params(
+        ("room_id" = String, Path, description = ROOM_ID),
+        ("user_id" = String, Path, description = USER_ID),
+        WsQuery,
+    ),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket session (or, for a refused connection, one `error` frame and a close code)."),
+        (status = 403, description = "`forbidden_origin`: an `Origin` outside `ALLOWED_ORIGINS` (no upgrade, against cross-site WebSocket hijacking).", body = ErrorBody),
+        (status = 426, description = "`upgrade_required`: a plain HTTP request, not a WebSocket handshake.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,

@@ -33,6 +33,9 @@ use crate::protocol::now_rfc3339_millis;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a heartbeat lasts: three missed beats make a node dead.
 pub const NODE_TTL: Duration = Duration::from_secs(6);
+/// How long after trouble with Redis (a shard failing over, heartbeats that could
+/// not be read) a missing heartbeat is not taken as a death: two TTLs.
+const TROUBLE_QUIET: Duration = Duration::from_secs(12);
 /// How often an unregistered node (starting, renewed, or reconnected to Redis)
 /// tries to register: readiness waits for it, so it does not wait for a full beat.
 pub const REGISTER_RETRY: Duration = Duration::from_millis(100);
@@ -182,6 +185,8 @@ async fn sweep_loop(
     let mut tick = tokio::time::interval(GRACE_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_dead_sweep: Option<Instant> = None;
+    // When a dead-run sweep last could not read the heartbeats.
+    let mut sweep_failed_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -196,13 +201,17 @@ async fn sweep_loop(
         if last_dead_sweep.is_none_or(|t| t.elapsed() >= HEARTBEAT_INTERVAL) {
             last_dead_sweep = Some(Instant::now());
             // A heartbeat can be missing because its shard was failing over (on a
-            // Redis Cluster the node could not beat there meanwhile): after any
-            // trouble of the subscription, expiry proves nothing for a heartbeat TTL.
-            let settled = redis
-                .since_subscriber_trouble()
-                .is_none_or(|since| since >= NODE_TTL);
+            // Redis Cluster its node could not beat there meanwhile, and needs up
+            // to a beat plus a command timeout to beat again after the promotion):
+            // after trouble of the subscription or of this sweep, expiry proves
+            // nothing for two heartbeat TTLs.
+            let quiet = |since: Duration| since >= TROUBLE_QUIET;
+            let settled = redis.since_subscriber_trouble().is_none_or(quiet)
+                && sweep_failed_at.is_none_or(|at| quiet(at.elapsed()));
             let trusted = settled && Instant::now() >= lock(shared).trust_expiry_at;
-            clean_dead_runs(redis, trusted).await;
+            if !clean_dead_runs(redis, trusted).await {
+                sweep_failed_at = Some(Instant::now());
+            }
         }
         let due = {
             let mut after = lock(shared);
@@ -234,9 +243,10 @@ fn renew(sessions: &dyn Deliveries, incarnation: &Incarnation) {
     );
 }
 
-async fn clean_dead_runs(redis: &RedisBroker, missing_counts: bool) {
+/// Evicts the dead runs' sessions; false when the heartbeats could not be read.
+async fn clean_dead_runs(redis: &RedisBroker, missing_counts: bool) -> bool {
     let Ok(dead) = redis.dead_runs(missing_counts).await else {
-        return;
+        return false;
     };
     for (node, run) in dead {
         match redis.clean_dead_run(&node, &run, missing_counts).await {
@@ -254,6 +264,7 @@ async fn clean_dead_runs(redis: &RedisBroker, missing_counts: bool) {
             }
         }
     }
+    true
 }
 
 /// Writes every live local session back into Redis after it lost its state.
