@@ -68,3 +68,24 @@ async fn the_node_serves_the_client_as_built() {
         assert_eq!(reply.text, expected, "{path} differs from client/{file}");
     }
 }
+
+/// The demo page needs nothing from elsewhere (no CDN, no build step): its only
+/// script is the module the node serves, and it reads room and name from the query.
+#[test]
+fn the_demo_page_is_self_contained() {
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("client/demo.html"))
+            .expect("read client/demo.html");
+    assert!(page.contains(r#"from "/client/signal-client.js""#));
+    for outside in ["http://", "https://", "//cdn", "<script src"] {
+        assert!(!page.contains(outside), "the demo page refers to {outside}");
+    }
+    for needed in [
+        "getUserMedia",
+        "sendData",
+        "params.get(\"room\")",
+        "params.get(\"user\")",
+    ] {
+        assert!(page.contains(needed), "the demo page lacks {needed}");
+    }
+}

@@ -1,7 +1,8 @@
-//! The browser client (PROTOCOL.md section 14): `client/signal-client.js`, an ES
-//! module without dependencies, and its TypeScript declarations, compiled into
-//! the binary so a node serves exactly the client it was built and tested with.
-//! Open, like the WebSocket endpoint the client talks to.
+//! The browser client and the demo page (PROTOCOL.md section 14):
+//! `client/signal-client.js`, an ES module without dependencies, its TypeScript
+//! declarations, and `client/demo.html` built on it, compiled into the binary so a
+//! node serves exactly the client it was built and tested with. Open, like the
+//! WebSocket endpoint the client talks to; nothing is fetched from elsewhere.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -10,6 +11,8 @@ use axum::response::IntoResponse;
 const CLIENT_JS: &str = include_str!("../../client/signal-client.js");
 /// Its type declarations.
 const CLIENT_DTS: &str = include_str!("../../client/signal-client.d.ts");
+/// The demo page.
+const DEMO_HTML: &str = include_str!("../../client/demo.html");
 /// Short enough that a node upgraded in a rolling restart serves its own client
 /// within minutes; long enough that pages do not refetch it on every load.
 const CACHE: &str = "public, max-age=300";
@@ -58,5 +61,28 @@ pub(super) async fn client_dts() -> impl IntoResponse {
             (header::CACHE_CONTROL, CACHE),
         ],
         CLIENT_DTS,
+    )
+}
+
+/// The demo page.
+///
+/// Join a room, see the members, video call and chat with each of them over WebRTC
+/// data channels, and watch the protocol events. `?room=&user=` prefill the form.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "session",
+    security(()),
+    responses(
+        (status = 200, description = "The demo page.", body = String, content_type = "text/html"),
+    ),
+)]
+pub(super) async fn demo() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, CACHE),
+        ],
+        DEMO_HTML,
     )
 }

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(ops::stats))
         .route("/nodes", get(ops::nodes))
         .route("/ice-servers", get(ice::ice_servers))
+        .route("/", get(client::demo))
         .route("/client/signal-client.js", get(client::client_js))
         .route("/client/signal-client.d.ts", get(client::client_dts))
         .route("/healthz", get(health::healthz))

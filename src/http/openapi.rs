@@ -58,6 +58,7 @@ pub(super) const USER_ID: &str = "A user id: `^[A-Za-z0-9_.-]{1,64}$`.";
         admin::kick_user,
         admin::create_token,
         ice::ice_servers,
+        client::demo,
         client::client_js,
         client::client_dts,
         openapi_json,

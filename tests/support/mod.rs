@@ -7,7 +7,8 @@
 //!
 //! One submodule per topic, all re-exported here (`use support::*;`): `util`
 //! (timeouts, ids, ports, polling, temp dirs), `redis`, `key_store` (keys on one
-//! Redis or over a Redis Cluster's masters), `node`, `http`, `cluster`,
+//! Redis or over a Redis Cluster's masters), `nginx` (a real nginx in front of
+//! nodes), `node`, `http`, `cluster`,
 //! `client` (WebSocket), `assert` (frame builders and shapes), `proxy` (freezable
 //! TCP proxy), `redis_watch` (keyspace watch, raw Redis taps), `sentinel` and
 //! `redis_cluster` (a real Sentinel deployment, a real Redis Cluster), `resume` (a
@@ -21,6 +22,7 @@ mod client;
 mod cluster;
 mod http;
 mod key_store;
+mod nginx;
 mod node;
 mod proxy;
 mod redis;
@@ -44,6 +46,8 @@ pub use cluster::*;
 pub use http::*;
 #[allow(unused_imports)]
 pub use key_store::*;
+#[allow(unused_imports)]
+pub use nginx::*;
 #[allow(unused_imports)]
 pub use node::*;
 #[allow(unused_imports)]
