@@ -17,9 +17,10 @@ use super::util::{eventually, free_port, key_prefix, lock, POLL, TIMEOUT};
 /// Bound on a node becoming ready after spawn.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every variable of PROTOCOL.md section 10: removed from a node's environment so
-/// that the parent's settings never leak into a test.
-const CONFIG_VARS: &[&str] = &[
+/// Every setting of the node (PROTOCOL.md section 10, README "Configuration"):
+/// removed from a node's environment so that the parent's settings never leak into
+/// a test, and what `signal-node --help` must list (tests/cli.rs).
+pub const CONFIG_VARS: &[&str] = &[
     "HOST",
     "PORT",
     "REDIS_URL",
@@ -36,6 +37,9 @@ const CONFIG_VARS: &[&str] = &[
     "PING_INTERVAL_SECONDS",
     "RATE_LIMIT_PER_SECOND",
     "RATE_LIMIT_BURST",
+    "RATE_LIMIT_BYTES_PER_SECOND",
+    "RATE_LIMIT_BYTES_BURST",
+    "ALERT_CONNECTION_SPIKE",
     "MAX_QUEUE_BYTES",
     "ADMIN_TOKEN",
     "METRICS_TOKEN",
