@@ -93,7 +93,9 @@ def key(r):
 for r in rows:
     k, s = key(r), r["label"]
     prev = best[k].get(s)
-    if prev is None or r["per_second"] > prev["per_second"]:
+    complete = lambda x: not x.get("expected") or x["delivered"] >= x["expected"]
+    # The best complete run of the rounds; an incomplete one only if none was.
+    if prev is None or (complete(r), r["per_second"]) > (complete(prev), prev["per_second"]):
         best[k][s] = r
 systems = sorted({r["label"] for r in rows})
 print("| scenario | " + " | ".join(systems) + " |")
@@ -109,6 +111,10 @@ for k, per in best.items():
         extra = f", p50 {lat['p50']:.2f} / p99 {lat['p99']:.2f} ms" if lat else ""
         rss = r.get("rss_kib", {}).get("per_connection")
         extra += f", {rss:.1f} KiB/conn" if rss else ""
+        expected = r.get("expected")
+        if expected and r["delivered"] < expected:
+            # A run that lost frames (or stalled 30 s) is not a throughput figure.
+            extra += f" (INCOMPLETE: {r['delivered']:,} of {expected:,} delivered)"
         cells.append(f"{r['per_second']:,.0f}/s{extra}; nodes {cpu:.1f} µs, Redis {redis:.1f} µs per unit")
     print(f"| {k} | " + " | ".join(cells) + " |")
 PY
