@@ -15,7 +15,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::extract::{JsonBody, PathParams, QueryParams};
 use super::openapi::{
-    ADMIN_401, ADMIN_403, MEDIA_415, PAYLOAD_413, ROOM_ID, UNAVAILABLE_503, USER_ID,
+    ADMIN_401, ADMIN_403, INVALID_ROOM_400, MEDIA_415, PAYLOAD_413, ROOM_ID, UNAVAILABLE_503,
+    USER_ID,
 };
 use super::AppError;
 use crate::auth::{self, bearer, AdminDenied};
@@ -220,7 +221,7 @@ pub(super) async fn list_rooms(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The room.", body = Room),
-        (status = 400, description = "`invalid_id`: the room id is not valid.", body = ErrorBody),
+        (status = 400, description = INVALID_ROOM_400, body = ErrorBody),
         (status = 401, description = ADMIN_401, body = ErrorBody),
         (status = 403, description = ADMIN_403, body = ErrorBody),
         (status = 404, description = "`room_not_found`: no member and not created.", body = ErrorBody),
@@ -345,7 +346,7 @@ pub(super) async fn create_room(
     security(("admin_token" = [])),
     responses(
         (status = 204, description = "Closed."),
-        (status = 400, description = "`invalid_id`: the room id is not valid.", body = ErrorBody),
+        (status = 400, description = INVALID_ROOM_400, body = ErrorBody),
         (status = 401, description = ADMIN_401, body = ErrorBody),
         (status = 403, description = ADMIN_403, body = ErrorBody),
         (status = 404, description = "`room_not_found`: no member and not created.", body = ErrorBody),

@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::admin::Bearer;
 use super::error::{AppError, ErrorBody};
 use super::extract::QueryParams;
+use super::openapi::BEARER_401;
 use crate::auth;
 use crate::ids::UserId;
 use crate::protocol::rfc3339_millis;
@@ -83,7 +84,7 @@ pub(super) enum IceUrls {
         (status = 200, description = "The list, with the TURN credentials' expiry.", body = IceServersAnswer,
             headers(("Cache-Control" = String, description = "`no-store`: the answer carries credentials."))),
         (status = 400, description = "`invalid_request`: a malformed or repeated query key.", body = ErrorBody),
-        (status = 401, description = "`unauthorized` (jwt mode only): no bearer, or one that is neither the admin token nor a valid client token.", body = ErrorBody),
+        (status = 401, description = BEARER_401, body = ErrorBody),
         (status = 500, description = "`internal`: the configured list did not have the RTCIceServer shape.", body = ErrorBody),
     ),
 )]

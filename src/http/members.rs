@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::admin::{self, Bearer};
 use super::error::ErrorBody;
 use super::extract::PathParams;
+use super::openapi::{BEARER_401, INVALID_ROOM_400, ROOM_ID, UNAVAILABLE_503, USER_ID};
 use super::AppError;
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{User, UserInfo};
@@ -33,14 +34,14 @@ pub(super) struct RoomUsers {
     get,
     path = "/rooms/{room_id}/users",
     tag = "membership",
-    params(("room_id" = String, Path, description = "A room id: `^[A-Za-z0-9_.-]{1,64}$`.")),
+    params(("room_id" = String, Path, description = ROOM_ID)),
     security((), ("client_token" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "The room's members (possibly none).", body = RoomUsers),
-        (status = 400, description = "`invalid_id`: the room id is not valid.", body = ErrorBody),
-        (status = 401, description = "`unauthorized` (jwt mode only): no bearer, or one that is neither the admin token nor a valid client token.", body = ErrorBody),
+        (status = 400, description = INVALID_ROOM_400, body = ErrorBody),
+        (status = 401, description = BEARER_401, body = ErrorBody),
         (status = 403, description = "`forbidden` (jwt mode only): a client token for another room.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: Redis did not answer.", body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_503, body = ErrorBody),
     ),
 )]
 pub(super) async fn room_users(
@@ -65,15 +66,15 @@ pub(super) async fn room_users(
     get,
     path = "/users/{user_id}",
     tag = "membership",
-    params(("user_id" = String, Path, description = "A user id: `^[A-Za-z0-9_.-]{1,64}$`.")),
+    params(("user_id" = String, Path, description = USER_ID)),
     security((), ("client_token" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "The user and the node holding the session.", body = UserInfo),
         (status = 400, description = "`invalid_id`: the user id is not valid.", body = ErrorBody),
-        (status = 401, description = "`unauthorized` (jwt mode only): no bearer, or one that is neither the admin token nor a valid client token.", body = ErrorBody),
+        (status = 401, description = BEARER_401, body = ErrorBody),
         (status = 403, description = "`forbidden` (jwt mode only): a client token for another room, or for a user not connected (only the admin sees the 404).", body = ErrorBody),
         (status = 404, description = "`user_not_found`: the user is not connected anywhere.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: Redis did not answer.", body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_503, body = ErrorBody),
     ),
 )]
 pub(super) async fn user(

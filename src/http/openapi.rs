@@ -28,6 +28,10 @@ pub(super) const MEDIA_415: &str =
     "`unsupported_media_type`: a body without `Content-Type: application/json`.";
 /// A `room_id` path parameter (PROTOCOL.md section 1).
 pub(super) const ROOM_ID: &str = "A room id: `^[A-Za-z0-9_.-]{1,64}$`.";
+/// 401 of the membership endpoints and `/ice-servers` in jwt mode.
+pub(super) const BEARER_401: &str = "`unauthorized` (jwt mode only): no bearer, or one that is neither the admin token nor a valid client token.";
+/// 400 for a path room id that is not an id.
+pub(super) const INVALID_ROOM_400: &str = "`invalid_id`: the room id is not valid.";
 /// A `user_id` path parameter (PROTOCOL.md section 1).
 pub(super) const USER_ID: &str = "A user id: `^[A-Za-z0-9_.-]{1,64}$`.";
 

@@ -82,7 +82,7 @@ pub(super) enum Incoming {
 /// What the connection reports.
 pub(super) enum Event {
     /// A message on `channel`.
-    Message { channel: String, payload: Vec<u8> },
+    Message(Received),
     /// The cluster connection subscribed `channel` again by itself: messages
     /// published meanwhile were not received.
     Resubscribed(String),
@@ -93,6 +93,31 @@ pub(super) enum Event {
     ShardLost,
     /// Nothing to report (a confirmation that was awaited, a push of no interest).
     Nothing,
+}
+
+/// A message as it came: the classic connection's is used in place (no copy on
+/// the delivery path); a push's parts are taken out of it.
+pub(super) enum Received {
+    Classic(redis::Msg),
+    Sharded { channel: String, payload: Vec<u8> },
+}
+
+impl Received {
+    /// The channel it was published on.
+    pub(super) fn channel(&self) -> &str {
+        match self {
+            Self::Classic(msg) => msg.get_channel_name(),
+            Self::Sharded { channel, .. } => channel,
+        }
+    }
+
+    /// Its payload.
+    pub(super) fn payload(&self) -> &[u8] {
+        match self {
+            Self::Classic(msg) => msg.get_payload_bytes(),
+            Self::Sharded { payload, .. } => payload,
+        }
+    }
 }
 
 /// A sharded link: the cluster connection and its pushes.
@@ -171,10 +196,7 @@ impl Incoming {
         match self {
             Self::Classic(stream) => {
                 let msg = stream.next().await?;
-                Some(Event::Message {
-                    channel: msg.get_channel_name().to_owned(),
-                    payload: msg.get_payload_bytes().to_vec(),
-                })
+                Some(Event::Message(Received::Classic(msg)))
             }
             Self::Sharded { pushes, awaited } => {
                 let push = pushes.recv().await?;
@@ -202,7 +224,7 @@ fn sharded_event(push: PushInfo, awaited: &SharedAwaited) -> Event {
                 _ => return Event::Nothing,
             };
             match String::from_utf8(channel) {
-                Ok(channel) => Event::Message { channel, payload },
+                Ok(channel) => Event::Message(Received::Sharded { channel, payload }),
                 Err(_) => Event::Nothing,
             }
         }
@@ -259,7 +281,7 @@ mod tests {
         };
         assert!(matches!(
             sharded_event(message, &awaited),
-            Event::Message { channel, payload } if channel == "c" && payload == b"hi"
+            Event::Message(m) if m.channel() == "c" && m.payload() == b"hi"
         ));
     }
 

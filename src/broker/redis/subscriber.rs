@@ -510,11 +510,12 @@ impl Subscriber {
                 return Lost::Closed;
             };
             match event {
-                Event::Message { channel, payload } => {
+                Event::Message(received) => {
+                    let (channel, payload) = (received.channel(), received.payload());
                     if let Some(probe) = outstanding.as_mut() {
-                        if probe.nonce.as_bytes() == payload.as_slice() {
-                            probe.echoed.insert(channel.clone());
-                            probe.waiting.remove(&channel);
+                        if probe.nonce.as_bytes() == payload {
+                            probe.echoed.insert(channel.to_owned());
+                            probe.waiting.remove(channel);
                             if probe.published_at.is_some() && probe.waiting.is_empty() {
                                 outstanding = None;
                                 fast = false;
@@ -522,7 +523,7 @@ impl Subscriber {
                             continue;
                         }
                     }
-                    self.dispatch(&channel, &payload);
+                    self.dispatch(channel, payload);
                 }
                 Event::Resubscribed(channel) => {
                     self.troubled();
