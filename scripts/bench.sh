@@ -3,9 +3,14 @@
 # of the Node.js reference (../shared/peers/node_ref, or $NODE_REF), the scenarios
 # of examples/signal-bench.rs run against each system in alternating order, one
 # table at the end (and every result as JSON lines in target/bench/results.jsonl).
+# The table is also written to target/bench/table.md, and examples/bench-chart.rs
+# draws the same best runs as target/bench/chart.svg (throughput, latency
+# percentiles, CPU per message, RSS per connection).
 #
-#   bash scripts/bench.sh            # full runs (minutes)
-#   QUICK=1 bash scripts/bench.sh    # a small smoke run
+#   bash scripts/bench.sh              # full runs (minutes)
+#   QUICK=1 bash scripts/bench.sh      # a small smoke run
+#   PUBLISH=1 bash scripts/bench.sh    # also copy table.md and chart.svg to docs/bench/
+#                                      # (the README embeds docs/bench/chart.svg)
 #
 # Everything runs on this machine at once, so the figures are relative; the
 # rate limiter is off for both systems; resume's mailbox is on (the default).
@@ -23,7 +28,7 @@ else
   RELAY=(--pairs 20 --messages 20000); FANOUT=(--rooms 20 --members 5 --messages 2000); CONNS=(--connections 5000)
 fi
 
-cargo build --release --quiet --bin signal-node --example signal-bench
+cargo build --release --quiet --bin signal-node --example signal-bench --example bench-chart
 BENCH=$ROOT/target/release/examples/signal-bench
 if [ -d "$NODE_REF" ] && [ ! -d "$NODE_REF/node_modules" ]; then (cd "$NODE_REF" && npm ci --silent); fi
 
@@ -82,7 +87,7 @@ for round in 1 2; do
   done
 done
 
-python3 - "$OUT/results.jsonl" <<'PY'
+python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/table.md"
 import json, sys, collections
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 best = collections.defaultdict(dict)
@@ -118,3 +123,11 @@ for k, per in best.items():
         cells.append(f"{r['per_second']:,.0f}/s{extra}; nodes {cpu:.1f} µs, Redis {redis:.1f} µs per unit")
     print(f"| {k} | " + " | ".join(cells) + " |")
 PY
+
+cargo run --release --quiet --example bench-chart -- "$OUT/results.jsonl" "$OUT/chart.svg"
+echo "bench: $OUT/table.md, $OUT/chart.svg" >&2
+if [ "${PUBLISH:-}" = 1 ]; then
+  mkdir -p docs/bench
+  cp "$OUT/table.md" "$OUT/chart.svg" docs/bench/
+  echo "bench: published to docs/bench/" >&2
+fi

@@ -132,6 +132,16 @@ impl Inbox {
         Some(item)
     }
 
+    /// The next queued frame if one is waiting, without waiting: the writer takes
+    /// a whole burst before it flushes the socket once.
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let item = self.rx.try_recv().ok()?;
+        self.shared
+            .queued
+            .fetch_sub(item.text.len(), Ordering::AcqRel);
+        Some(item)
+    }
+
     /// A token cancelled once the session has been asked to close.
     pub fn close_token(&self) -> CancellationToken {
         self.shared.closed.clone()

@@ -224,6 +224,34 @@ pub enum RelayOutcome {
     NotConnected,
 }
 
+/// One relay of a sender's burst: consecutive frames of one session are handed
+/// to the store together, in order, so a burst costs one round trip instead of
+/// one per frame (where the engine can keep the order; see `relay_burst`).
+#[derive(Debug)]
+pub enum Outbound<'a> {
+    /// A finished frame for one member.
+    ToUser {
+        /// The member it is for.
+        target: &'a str,
+        /// The final JSON text.
+        frame: String,
+    },
+    /// A finished frame for every other member.
+    ToRoom {
+        /// The final JSON text.
+        frame: String,
+    },
+}
+
+/// What became of one [`Outbound`], in the burst's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    /// A directed relay's outcome.
+    ToUser(RelayOutcome),
+    /// How many nodes a broadcast reached.
+    ToRoom(usize),
+}
+
 /// What the node tells the cluster about itself in its heartbeat, beyond what the
 /// broker knows: where it listens and how many WebSockets it holds.
 pub struct NodeStatus {
@@ -545,29 +573,30 @@ impl Broker {
         }
     }
 
-    /// Sends a finished frame to one member of `room`.
-    pub async fn relay_to_user(
-        &self,
-        room: &RoomId,
-        target: &str,
-        frame: &str,
-    ) -> Result<RelayOutcome, BrokerError> {
-        match self {
-            Self::Redis(b) => b.relay_to_user(room, target, frame).await,
-            Self::Memory(b) => Ok(b.relay_to_user(room, target, frame)),
-        }
-    }
-
-    /// Sends a finished frame to every member of `room` but `sender`.
-    pub async fn relay_to_room(
+    /// Relays a sender's burst in order: one result per item, or one error for
+    /// the whole burst when the store could not be asked (nothing was relayed, or
+    /// the reply was lost, as with a single relay).
+    pub async fn relay_burst(
         &self,
         room: &RoomId,
         sender: &UserId,
-        frame: &str,
-    ) -> Result<usize, BrokerError> {
+        burst: &[Outbound<'_>],
+    ) -> Result<Vec<Result<Relayed, BrokerError>>, BrokerError> {
         match self {
-            Self::Redis(b) => b.relay_to_room(room, sender, frame).await,
-            Self::Memory(b) => Ok(b.relay_to_room(room, sender, frame)),
+            Self::Redis(b) => b.relay_burst(room, sender, burst).await,
+            Self::Memory(b) => Ok(burst
+                .iter()
+                .map(|item| {
+                    Ok(match item {
+                        Outbound::ToUser { target, frame } => {
+                            Relayed::ToUser(b.relay_to_user(room, target, frame))
+                        }
+                        Outbound::ToRoom { frame } => {
+                            Relayed::ToRoom(b.relay_to_room(room, sender, frame))
+                        }
+                    })
+                })
+                .collect()),
         }
     }
 

@@ -26,6 +26,12 @@ use crate::state::AppState;
 /// are small, and at 100k connections that default alone would be 12 GiB.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Frames of one burst of deliveries collect in the socket's write buffer up to
+/// this before they are written; the session flushes after each burst, so a lone
+/// frame still goes out at once, and a burst costs a few writes instead of one
+/// per frame.
+const WRITE_BUFFER_BYTES: usize = 32 * 1024;
+
 /// The socket's own write buffer holds at most one frame of the outbound queue
 /// (itself bounded by `MAX_QUEUE_BYTES`) plus control replies.
 fn write_buffer_bound(max_queue_bytes: usize) -> usize {
@@ -118,7 +124,7 @@ pub(super) async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         // Replies to client pings are written by the WebSocket library itself, past
         // our outbound queue: without this bound a client that sends pings and never
         // reads grows the node's memory without limit.

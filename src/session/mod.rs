@@ -13,8 +13,12 @@ mod relay;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::{SinkExt, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, SinkExt, StreamExt};
 use tracing::Instrument;
 
 use crate::broker::{
@@ -496,65 +500,95 @@ async fn pump(
     // Without it a client that never reads but keeps sending pings (which prove it
     // alive) would park the writer forever.
     let write_stall = 2 * ping;
+    // One step of the reader per frame: what the frame asks of the session.
+    let mut take = |msg: Result<Message, axum::Error>| -> Step {
+        let now = Instant::now();
+        state.stats.frame_in();
+        last_seen.store(millis_since(started, now), Ordering::Relaxed);
+        let data_len = match &msg {
+            Ok(Message::Text(t)) => Some(t.len()),
+            Ok(Message::Binary(b)) => Some(b.len()),
+            _ => None,
+        };
+        if let Some(len) = data_len {
+            match limiter.check(len, now) {
+                rate::Verdict::Allow => {}
+                rate::Verdict::Drop => {
+                    let (id, target) = match &msg {
+                        Ok(Message::Text(t)) => echo_fields(t.as_str()),
+                        _ => (None, None),
+                    };
+                    crate::metrics::error_sent(ErrorCode::RateLimited.as_str());
+                    return Step::Answer(error_frame(
+                        ErrorCode::RateLimited,
+                        "over the rate limit; the message was dropped",
+                        id,
+                        target.as_deref(),
+                    ));
+                }
+                rate::Verdict::Abuse => {
+                    outbox.close(CloseReason::RateLimited);
+                    return Step::End(End::Closed(CloseReason::RateLimited));
+                }
+            }
+        }
+        match msg {
+            Ok(Message::Text(text)) => Step::Text(text),
+            Ok(Message::Binary(_)) => Step::Answer(error_frame(
+                ErrorCode::InvalidMessage,
+                "binary frames are not accepted; send JSON text",
+                None,
+                None,
+            )),
+            Ok(Message::Ping(_) | Message::Pong(_)) => Step::Nothing,
+            Ok(Message::Close(_)) => Step::End(End::ClientClosed),
+            Err(e) => Step::End(classify(e)),
+        }
+    };
     let reader = async {
+        let mut texts: Vec<Utf8Bytes> = Vec::new();
         loop {
-            // A close request is taken between frames, never during a relay: a
+            // A close request is taken between bursts, never during a relay: a
             // frame the client sent before it was told to close still goes out.
-            let msg = tokio::select! {
+            let mut next = tokio::select! {
                 biased;
                 _ = closed.cancelled() => return End::Closed(CloseReason::Shutdown),
                 msg = stream.next() => msg,
             };
-            let Some(msg) = msg else { break };
-            let now = Instant::now();
-            state.stats.frame_in();
-            last_seen.store(millis_since(started, now), Ordering::Relaxed);
-            let data_len = match &msg {
-                Ok(Message::Text(t)) => Some(t.len()),
-                Ok(Message::Binary(b)) => Some(b.len()),
-                _ => None,
+            // This frame and whatever else the client had already sent, up to a
+            // bound: their relays go to the store together, in order.
+            let mut bytes = 0;
+            let ended = loop {
+                let Some(msg) = next.take() else {
+                    break Some(End::ClientGone);
+                };
+                match take(msg) {
+                    Step::Text(text) => {
+                        bytes += text.len();
+                        texts.push(text);
+                    }
+                    Step::Answer(frame) => {
+                        relay::handle_burst(state, room, user, role, outbox, &texts).await;
+                        texts.clear();
+                        outbox.push(frame);
+                    }
+                    Step::Nothing => {}
+                    Step::End(end) => break Some(end),
+                }
+                if texts.len() >= READ_BURST_FRAMES || bytes >= READ_BURST_BYTES {
+                    break None;
+                }
+                match stream.next().now_or_never() {
+                    Some(msg) => next = msg,
+                    None => break None,
+                }
             };
-            if let Some(len) = data_len {
-                match limiter.check(len, now) {
-                    rate::Verdict::Allow => {}
-                    rate::Verdict::Drop => {
-                        let (id, target) = match &msg {
-                            Ok(Message::Text(t)) => echo_fields(t.as_str()),
-                            _ => (None, None),
-                        };
-                        crate::metrics::error_sent(ErrorCode::RateLimited.as_str());
-                        outbox.push(error_frame(
-                            ErrorCode::RateLimited,
-                            "over the rate limit; the message was dropped",
-                            id,
-                            target.as_deref(),
-                        ));
-                        continue;
-                    }
-                    rate::Verdict::Abuse => {
-                        outbox.close(CloseReason::RateLimited);
-                        return End::Closed(CloseReason::RateLimited);
-                    }
-                }
-            }
-            match msg {
-                Ok(Message::Text(text)) => {
-                    relay::handle_text(state, room, user, role, outbox, text.as_str()).await
-                }
-                Ok(Message::Binary(_)) => {
-                    outbox.push(error_frame(
-                        ErrorCode::InvalidMessage,
-                        "binary frames are not accepted; send JSON text",
-                        None,
-                        None,
-                    ));
-                }
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                Ok(Message::Close(_)) => return End::ClientClosed,
-                Err(e) => return classify(e),
+            relay::handle_burst(state, room, user, role, outbox, &texts).await;
+            texts.clear();
+            if let Some(end) = ended {
+                return end;
             }
         }
-        End::ClientGone
     };
     let writer = async {
         let mut heartbeat = tokio::time::interval_at((started + ping).into(), ping);
@@ -563,15 +597,10 @@ async fn pump(
             tokio::select! {
                 frame = inbox.recv() => {
                     let Some(frame) = frame else { return End::ClientGone };
-                    match tokio::time::timeout(write_stall, sink.send(Message::Text(frame.text.into()))).await {
+                    match tokio::time::timeout(write_stall, write_burst(&mut sink, inbox, frame, state)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return End::ClientGone,
                         Err(_) => return stalled(outbox),
-                    }
-                    state.stats.frame_out();
-                    if let Some(published) = frame.published_us {
-                        let age = crate::envelope::now_us().saturating_sub(published);
-                        crate::metrics::delivered(Duration::from_micros(age));
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -590,10 +619,15 @@ async fn pump(
             }
         }
     };
-    let end = tokio::select! {
-        end = reader => end,
-        end = writer => end,
-    };
+    // Each half is polled only when its own event fired: a frame queued for the
+    // client does not make the reader poll the socket, nor a frame read wake the
+    // writer (one task would poll both on every wake-up).
+    let mut halves: FuturesUnordered<Pin<Box<dyn Future<Output = End> + Send + '_>>> =
+        FuturesUnordered::new();
+    halves.push(Box::pin(reader));
+    halves.push(Box::pin(writer));
+    let end = halves.next().await.unwrap_or(End::ClientGone);
+    drop(halves);
     let end = match (end, inbox.close_reason()) {
         // A close request wins over whatever the halves were doing when it came.
         (_, Some(reason)) => End::Closed(reason),
@@ -609,6 +643,54 @@ async fn pump(
         _ => Some(FarewellSocket { sink, stream }),
     };
     (end, socket)
+}
+
+/// What one frame read from the client asks of the session.
+enum Step {
+    /// A text frame: validated and relayed with the rest of its burst.
+    Text(Utf8Bytes),
+    /// An answer to the client only (after the burst's relays so far).
+    Answer(String),
+    /// Nothing to do (a ping or pong; tungstenite answers pings itself).
+    Nothing,
+    /// The session ends.
+    End(End),
+}
+
+/// Most frames, and bytes, the reader takes from the socket before it relays
+/// them: bursts share a round trip to the store, and a bound keeps one
+/// client from holding the others' relays back for long.
+const READ_BURST_FRAMES: usize = 64;
+const READ_BURST_BYTES: usize = 256 * 1024;
+
+/// Most bytes the writer takes from the queue before it flushes the socket once.
+const WRITE_BURST_BYTES: usize = 64 * 1024;
+
+/// Writes `first` and whatever else is queued (up to [`WRITE_BURST_BYTES`]),
+/// then flushes once: a burst of deliveries costs one system call, not one each.
+async fn write_burst(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    inbox: &mut Inbox,
+    first: outbox::Outgoing,
+    state: &AppState,
+) -> Result<(), axum::Error> {
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(frame) = next {
+        bytes += frame.text.len();
+        sink.feed(Message::Text(frame.text.into())).await?;
+        state.stats.frame_out();
+        if let Some(published) = frame.published_us {
+            let age = crate::envelope::now_us().saturating_sub(published);
+            crate::metrics::delivered(Duration::from_micros(age));
+        }
+        next = if bytes < WRITE_BURST_BYTES {
+            inbox.try_recv()
+        } else {
+            None
+        };
+    }
+    sink.flush().await
 }
 
 /// A client whose socket took no bytes for the stall limit: a slow consumer.

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod member_record;
 mod pool;
 mod pubsub_link;
+mod relay_burst;
 mod relay_conn;
 mod renumber;
 mod resume;
@@ -45,7 +46,7 @@ use self::source::Source;
 use self::subscriber::Subscriber;
 use super::{
     sort_members, BrokerError, Deliveries, JoinRequest, JoinResult, Joined, LeaveRequest,
-    LocalSession, Member, NodeStatus, RelayOutcome, ResumeSettings,
+    LocalSession, Member, NodeStatus, ResumeSettings,
 };
 use crate::crypto::{self, PayloadCipher};
 use crate::envelope::{self, KickReason};
@@ -72,8 +73,7 @@ struct Scripts {
     claim_user: Script,
     leave_room: Script,
     leave_user: Script,
-    relay: Script,
-    broadcast: Script,
+    burst: Script,
     broadcast_sealed: Script,
     restore_room: Script,
     heartbeat: Script,
@@ -135,8 +135,7 @@ impl Scripts {
             claim_user: Script::new(include_str!("lua/claim_user.lua")),
             leave_room: publish.script(include_str!("lua/leave_room.lua")),
             leave_user: Script::new(include_str!("lua/leave_user.lua")),
-            relay: with_mailbox(include_str!("lua/relay.lua"), publish),
-            broadcast: with_mailbox(include_str!("lua/broadcast.lua"), publish),
+            burst: with_mailbox(include_str!("lua/relay_burst.lua"), publish),
             broadcast_sealed: with_mailbox(include_str!("lua/broadcast_sealed.lua"), publish),
             restore_room: Script::new(include_str!("lua/restore_room.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -839,65 +838,11 @@ impl RedisBroker {
         }
     }
 
-    pub(super) async fn relay_to_user(
-        &self,
-        room: &RoomId,
-        target: &str,
-        frame: &str,
-    ) -> Result<RelayOutcome, BrokerError> {
-        let channel = self.keys.user_channel(room.as_str(), target);
-        let envelope = self.seal(&channel, envelope::frame(frame));
-        let mut invocation = with_keys(
-            &self.scripts.relay,
-            script_keys::relay(&self.keys, room.as_str(), target),
-        );
-        invocation
-            .arg(target)
-            .arg(envelope)
-            .arg(now_ms())
-            .arg(self.resume.buffer)
-            .arg(duration_ms(self.resume.hold));
-        let n = self.relay_call("relay", &invocation).await?;
-        Ok(match n {
-            n if n < 0 => RelayOutcome::NotInRoom,
-            // Held in its mailbox: a detached member (or one whose node died and
-            // is about to be detached) gets it when it resumes.
-            0 if self.resume.grace.is_zero() => RelayOutcome::NotConnected,
-            _ => RelayOutcome::Delivered,
-        })
-    }
-
-    pub(super) async fn relay_to_room(
-        &self,
-        room: &RoomId,
-        sender: &UserId,
-        frame: &str,
-    ) -> Result<usize, BrokerError> {
-        if let Some(cipher) = &self.cipher {
-            return self.relay_to_room_sealed(cipher, room, sender, frame).await;
-        }
-        let envelope = envelope::frame(frame);
-        let mut invocation = with_keys(
-            &self.scripts.broadcast,
-            script_keys::broadcast(&self.keys, room.as_str()),
-        );
-        invocation
-            .arg(sender.as_str())
-            .arg(self.keys.room_channel_prefix(room.as_str()))
-            .arg(self.keys.room_mailbox_prefix(room.as_str()))
-            .arg(envelope)
-            .arg(now_ms())
-            .arg(self.resume.buffer)
-            .arg(duration_ms(self.resume.hold));
-        let n = self.relay_call("broadcast", &invocation).await?;
-        Ok(usize::try_from(n).unwrap_or(0))
-    }
-
     /// A broadcast with payload encryption: each member's copy is sealed for its own
     /// channel, so one member's copy cannot be replayed to another. That needs the
     /// member list first: one SMEMBERS, then one script that publishes each copy if
     /// its member is still in the room.
-    async fn relay_to_room_sealed(
+    pub(super) async fn relay_to_room_sealed(
         &self,
         cipher: &PayloadCipher,
         room: &RoomId,

@@ -56,9 +56,9 @@ pub(super) fn relay(k: &Keys, room: &str, target: &str) -> Vec<String> {
     ]
 }
 
-/// A broadcast (broadcast.lua): the room's set, records and counters (members'
-/// mailboxes and channels are named from the room's prefixes, in its slot).
-pub(super) fn broadcast(k: &Keys, room: &str) -> Vec<String> {
+/// A burst of relays (relay_burst.lua): the room's set, records and counters
+/// (members' mailboxes and channels are named from the room's prefixes, in its slot).
+pub(super) fn burst(k: &Keys, room: &str) -> Vec<String> {
     vec![k.room(room), k.room_members(room), k.room_seq(room)]
 }
 
@@ -69,7 +69,7 @@ pub(super) fn broadcast_sealed<'a>(
     room: &str,
     members: impl IntoIterator<Item = &'a str>,
 ) -> Vec<String> {
-    let mut keys = broadcast(k, room);
+    let mut keys = burst(k, room);
     for m in members {
         keys.push(k.user_channel(room, m));
         keys.push(k.mailbox(room, m));
@@ -121,7 +121,7 @@ mod tests {
             ("user", user_keys(k, user)),
             ("restore_room", restore_room(k, room)),
             ("relay", relay(k, room, user)),
-            ("broadcast", broadcast(k, room)),
+            ("burst", burst(k, room)),
             (
                 "broadcast_sealed",
                 broadcast_sealed(k, room, ["a", "b", "nodes"]),

@@ -8,7 +8,7 @@
 -- ARGV: 1 now ms, 2 mailbox max, 3 hold ms,
 --       ARGV[2 + 2i] member i's user_id, ARGV[3 + 2i] member i's envelope
 -- Returns the number of members it was numbered for.
-local now, max, hold_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, max, hold_ms = ARGV[1], ARGV[2], ARGV[3]
 local n = 0
 local i = 1
 while KEYS[2 + 2 * i] do

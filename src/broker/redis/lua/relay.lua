@@ -22,7 +22,7 @@ if floor > 0 and (tonumber(redis.call('HGET', KEYS[3], target) or '0') or 0) < f
   redis.call('HSET', KEYS[3], target, floor)
 end
 local text = number_and_hold(KEYS[3], KEYS[4], target, record, ARGV[2],
-  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+  ARGV[3], ARGV[4], ARGV[5])
 if not text then
   return -1
 end
