@@ -5,11 +5,16 @@
 //! push that would overflow it closes the session as a slow consumer instead of
 //! growing memory or stalling the pusher (PROTOCOL.md section 6, `MAX_QUEUE_BYTES`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// Queue capacity kept once the queue is drained; a larger one is freed then, so
+/// an idle session holds no more than this (a few `Outgoing`, 40 bytes each).
+const KEEP_CAPACITY: usize = 4;
 
 /// Why the node ends a session; the table in `End::ending` (session/mod.rs) maps
 /// each to its error frame, close code and `user_left` reason.
@@ -46,22 +51,53 @@ pub struct Outgoing {
 }
 
 /// The sending side, cheap to clone.
-#[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
     shared: Arc<Shared>,
 }
 
+/// One allocation per session, and no queue storage until a frame is queued
+/// (tokio's unbounded channel allocated a block of 32 slots, ~2 KiB with its
+/// padding, for every idle connection).
 struct Shared {
     queued: AtomicUsize,
     limit: usize,
     reason: OnceLock<CloseReason>,
     closed: CancellationToken,
+    queue: Mutex<Queue>,
+    /// Wakes the receiver after a push, a seal or the last sender's drop.
+    ready: Notify,
+}
+
+/// The frames and the channel's ends, under one lock.
+struct Queue {
+    frames: VecDeque<Outgoing>,
+    /// `Outbox` clones alive; at 0 the receiver gets `None` once drained.
+    senders: usize,
+    /// Set by [`Inbox::seal`] or the receiver's drop: pushes fail from then on.
+    sealed: bool,
+}
+
+impl Shared {
+    /// The queue; a panic elsewhere while holding it cannot leave it inconsistent
+    /// (every update is a single push, pop or flag), so a poisoned lock is taken.
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What one look at the queue found.
+enum Taken {
+    Frame(Outgoing),
+    /// Nothing queued now.
+    Empty,
+    /// Nothing queued, and nothing will be (sealed, or every sender gone).
+    Ended,
 }
 
 /// The receiving side, owned by the session's writer.
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 }
 
@@ -69,20 +105,46 @@ pub struct Inbox {
 /// so cancelling `parent` (node shutdown) closes every session.
 pub fn channel(limit: usize, parent: &CancellationToken) -> (Outbox, Inbox) {
     // Unbounded in count, bounded in bytes by `push`: overflow closes the session.
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         queued: AtomicUsize::new(0),
         limit,
         reason: OnceLock::new(),
         closed: parent.child_token(),
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+            senders: 1,
+            sealed: false,
+        }),
+        ready: Notify::new(),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        Inbox { rx, shared },
+        Inbox { shared },
     )
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.queue().senders += 1;
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let last = {
+            let mut queue = self.shared.queue();
+            queue.senders -= 1;
+            queue.senders == 0
+        };
+        if last {
+            self.shared.ready.notify_one();
+        }
+    }
 }
 
 impl Outbox {
@@ -108,10 +170,16 @@ impl Outbox {
             text: frame,
             published_us,
         };
-        if self.tx.send(item).is_err() {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            return false;
+        {
+            let mut queue = self.shared.queue();
+            if queue.sealed {
+                drop(queue);
+                self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+                return false;
+            }
+            queue.frames.push_back(item);
         }
+        self.shared.ready.notify_one();
         true
     }
 
@@ -123,23 +191,44 @@ impl Outbox {
 }
 
 impl Inbox {
-    /// The next queued frame; cancel-safe.
+    /// The next queued frame; `None` once sealed or without senders and drained.
+    /// Cancel-safe: a frame is taken only in the poll that returns it.
     pub async fn recv(&mut self) -> Option<Outgoing> {
-        let item = self.rx.recv().await?;
-        self.shared
-            .queued
-            .fetch_sub(item.text.len(), Ordering::AcqRel);
-        Some(item)
+        loop {
+            match self.take() {
+                Taken::Frame(item) => return Some(item),
+                Taken::Ended => return None,
+                // A push between the check and this wait leaves a permit: no lost wakeup.
+                Taken::Empty => self.shared.ready.notified().await,
+            }
+        }
     }
 
     /// The next queued frame if one is waiting, without waiting: the writer takes
     /// a whole burst before it flushes the socket once.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        let item = self.rx.try_recv().ok()?;
-        self.shared
-            .queued
-            .fetch_sub(item.text.len(), Ordering::AcqRel);
-        Some(item)
+        match self.take() {
+            Taken::Frame(item) => Some(item),
+            Taken::Empty | Taken::Ended => None,
+        }
+    }
+
+    fn take(&mut self) -> Taken {
+        let mut queue = self.shared.queue();
+        if let Some(item) = queue.frames.pop_front() {
+            if queue.frames.is_empty() && queue.frames.capacity() > KEEP_CAPACITY {
+                queue.frames = VecDeque::new();
+            }
+            drop(queue);
+            self.shared
+                .queued
+                .fetch_sub(item.text.len(), Ordering::AcqRel);
+            return Taken::Frame(item);
+        }
+        if queue.sealed || queue.senders == 0 {
+            return Taken::Ended;
+        }
+        Taken::Empty
     }
 
     /// A token cancelled once the session has been asked to close.
@@ -164,7 +253,20 @@ impl Inbox {
 
     /// Stops further pushes, so nothing is queued for a session that is ending.
     pub fn seal(&mut self) {
-        self.rx.close();
+        self.shared.queue().sealed = true;
+    }
+}
+
+impl Drop for Inbox {
+    /// Like a dropped channel receiver: pushes fail and queued frames are freed,
+    /// even while the registry still holds an `Outbox`.
+    fn drop(&mut self) {
+        let frames = {
+            let mut queue = self.shared.queue();
+            queue.sealed = true;
+            std::mem::take(&mut queue.frames)
+        };
+        drop(frames);
     }
 }
 
@@ -209,5 +311,38 @@ mod tests {
         out2.close(CloseReason::Kicked);
         assert_eq!(inbox2.close_reason(), Some(CloseReason::Replaced));
         drop(out);
+    }
+
+    #[tokio::test]
+    async fn sealed_or_senderless_queue_ends_after_draining() {
+        let root = CancellationToken::new();
+        let (out, mut inbox) = channel(100, &root);
+        let second = out.clone();
+        assert!(out.push("a".into()));
+        drop(out);
+        assert!(second.push("b".into()));
+        drop(second);
+        assert_eq!(inbox.recv().await.map(|o| o.text).as_deref(), Some("a"));
+        assert_eq!(inbox.recv().await.map(|o| o.text).as_deref(), Some("b"));
+        assert!(inbox.recv().await.is_none());
+        let (out, mut inbox) = channel(100, &root);
+        assert!(out.push("c".into()));
+        inbox.seal();
+        assert!(!out.push("d".into()));
+        assert_eq!(inbox.recv().await.map(|o| o.text).as_deref(), Some("c"));
+        assert!(inbox.recv().await.is_none());
+        drop(inbox);
+        assert!(!out.push("e".into()));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_on_push() {
+        let root = CancellationToken::new();
+        let (out, mut inbox) = channel(100, &root);
+        let waiter = tokio::spawn(async move { inbox.recv().await.map(|o| o.text) });
+        tokio::task::yield_now().await;
+        assert!(out.push("x".into()));
+        let got = waiter.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.as_deref(), Some("x"));
     }
 }

@@ -10,13 +10,16 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -189,7 +192,7 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Activity::new();
-        let io = TokioIo::new(Watched::new(io, activity.clone()));
+        let io = TokioIo::new(Watched::new(ReadAhead::new(io), activity.clone()));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -236,5 +239,131 @@ async fn idle_expired(activity: &Activity, timeout: Duration) {
             return;
         }
         tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// Most bytes one read takes from the socket when the reader's own buffer is
+/// smaller (tungstenite's, `READ_BUFFER_BYTES` in ws.rs).
+const READ_AHEAD_BYTES: usize = 8 * 1024;
+
+/// Lets an upgraded WebSocket keep a small read buffer without paying a read
+/// syscall per small chunk: a read into a buffer smaller than [`READ_AHEAD_BYTES`]
+/// takes up to that much from the socket into the stack, and keeps what did not
+/// fit on the heap only until the next reads take it. An idle connection so holds
+/// no read-ahead memory at all, a busy one one syscall per 8 KiB as before.
+struct ReadAhead<IO> {
+    io: IO,
+    /// Bytes read from the socket and not yet handed out; empty (unallocated) when
+    /// nothing is left.
+    left: Vec<u8>,
+    /// How much of `left` was handed out already.
+    at: usize,
+}
+
+impl<IO> ReadAhead<IO> {
+    fn new(io: IO) -> Self {
+        Self {
+            io,
+            left: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.left.len() {
+            let n = buf.remaining().min(this.left.len() - this.at);
+            buf.put_slice(&this.left[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.left.len() {
+                // Freed, not kept: the next burst allocates what it needs.
+                this.left = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_AHEAD_BYTES {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_AHEAD_BYTES];
+        let mut ahead = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut this.io).poll_read(cx, &mut ahead))?;
+        let got = ahead.filled();
+        let n = buf.remaining().min(got.len());
+        buf.put_slice(&got[..n]);
+        if n < got.len() {
+            this.left = got[n..].to_vec();
+            this.at = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Small reads see every byte in order, across read-ahead chunks.
+    #[tokio::test]
+    async fn read_ahead_hands_out_every_byte_in_order() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        client
+            .write_all(&data)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(client);
+        let mut reader = ReadAhead::new(server);
+        let mut got = Vec::new();
+        let mut small = [0u8; 100];
+        loop {
+            let n = reader
+                .read(&mut small)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, data);
+        assert!(reader.left.capacity() == 0);
     }
 }

@@ -22,9 +22,12 @@ use crate::protocol::{close_code, ErrorCode};
 use crate::session::{self, Credentials};
 use crate::state::AppState;
 
-/// tungstenite's default read buffer is 128 KiB per connection; signaling frames
-/// are small, and at 100k connections that default alone would be 12 GiB.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// tungstenite's read buffer is allocated (and zeroed) with every connection and
+/// kept for its life: its default is 128 KiB. Signaling frames are small, and the
+/// listener's read-ahead (`ReadAhead` in listener.rs) takes up to 8 KiB per
+/// syscall and hands it out in these chunks, so a small buffer costs no extra
+/// syscalls; a larger frame still grows it (tungstenite reserves a whole frame).
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Frames of one burst of deliveries collect in the socket's write buffer up to
 /// this before they are written; the session flushes after each burst, so a lone

@@ -180,6 +180,11 @@ pub async fn run(
         .await;
 }
 
+/// The session's task lives as long as the connection and is as large as the
+/// largest state of this future, so every await that is large and short-lived
+/// (admission, join, resume, leave, farewell: Redis futures of ~20 KiB) and the
+/// relay loop (`pump`) are boxed: an idle session then holds this small future,
+/// the pump's box and nothing of the join or the leave.
 async fn serve(
     mut socket: WebSocket,
     state: AppState,
@@ -194,15 +199,17 @@ async fn serve(
     // resume skips them (the token stands for the password) unless it fails.
     let mut admitted = match credentials.resume {
         Some(_) => None,
-        None => match admission::admit(&state, &room, &user, &credentials).await {
+        None => match Box::pin(admission::admit(&state, &room, &user, &credentials)).await {
             Ok(admitted) => Some(admitted),
-            Err(refusal) => return reject(socket, refusal.code, refusal.close, refusal.text).await,
+            Err(refusal) => {
+                return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await
+            }
         },
     };
     // The run this session is recorded under. Checked again after the insert below.
     let Some(run) = state.registered_run() else {
         let refusal = admission::STORE_DOWN;
-        return reject(socket, refusal.code, refusal.close, refusal.text).await;
+        return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
     };
     let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
     let issued = resume_token::issue();
@@ -225,7 +232,7 @@ async fn serve(
         tracing::info!("join refused: this node's run was declared dead meanwhile");
         forget(&state, &user, session).await;
         let refusal = admission::STORE_DOWN;
-        return reject(socket, refusal.code, refusal.close, refusal.text).await;
+        return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
     }
 
     // Subscribe before the join makes the user visible, so a member reacting to
@@ -234,11 +241,11 @@ async fn serve(
         tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
         forget(&state, &user, session).await;
         let refusal = admission::STORE_DOWN;
-        return reject(socket, refusal.code, refusal.close, refusal.text).await;
+        return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
     }
 
     let start = match &credentials.resume {
-        Some(ask) => try_resume(&state, &room, &user, session, run, ask, &issued).await,
+        Some(ask) => Box::pin(try_resume(&state, &room, &user, session, run, ask, &issued)).await,
         None => Ok(None),
     };
     let start = match start {
@@ -246,26 +253,28 @@ async fn serve(
         Ok(None) => {
             let admitted = match admitted.take() {
                 Some(admitted) => Ok(admitted),
-                None => admission::admit(&state, &room, &user, &credentials).await,
+                None => Box::pin(admission::admit(&state, &room, &user, &credentials)).await,
             };
             let admitted = match admitted {
                 Ok(admitted) => admitted,
                 Err(refusal) => {
                     forget(&state, &user, session).await;
-                    return reject(socket, refusal.code, refusal.close, refusal.text).await;
+                    return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text))
+                        .await;
                 }
             };
-            match join(&state, &room, &user, session, run, &admitted, &issued).await {
+            match Box::pin(join(&state, &room, &user, session, run, &admitted, &issued)).await {
                 Ok(joined) => joined,
                 Err(refusal) => {
                     forget(&state, &user, session).await;
-                    return reject(socket, refusal.code, refusal.close, refusal.text).await;
+                    return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text))
+                        .await;
                 }
             }
         }
         Err(refusal) => {
             forget(&state, &user, session).await;
-            return reject(socket, refusal.code, refusal.close, refusal.text).await;
+            return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
         }
     };
 
@@ -296,8 +305,16 @@ async fn serve(
         state.broker.fill(&room, &user);
     }
     let role = start.me.role;
+    // Nothing of the join is needed from here on: freed now rather than held
+    // for the whole life of the connection (the member list alone is a few KiB).
+    drop((users, ice, start, issued, credentials, admitted));
     let end = match socket.send(Message::Text(first.into())).await {
-        Ok(()) => pump(socket, &state, &room, &user, role, &outbox, &mut inbox).await,
+        Ok(()) => {
+            Box::pin(pump(
+                socket, &state, &room, &user, role, &outbox, &mut inbox,
+            ))
+            .await
+        }
         Err(_) => (End::ClientGone, None),
     };
     let (end, socket) = end;
@@ -321,7 +338,7 @@ async fn serve(
     // ending is settled in the store first, so the room hears of it at once.
     let mut socket = match (socket, ending.close) {
         (Some(socket), Some((close, text))) if end == End::Closed(CloseReason::Shutdown) => {
-            farewell_to(socket, close, text).await;
+            Box::pin(farewell_to(socket, close, text)).await;
             None
         }
         (socket, _) => socket,
@@ -334,12 +351,12 @@ async fn serve(
     // works from the registry, and must never write back a session that is leaving.
     forget(&state, &user, session).await;
     match (ending.detach, ending.leave) {
-        (true, Some(reason)) => detach(&state, &room, &user, session, reason).await,
-        (false, Some(reason)) => leave(&state, &room, &user, session, reason).await,
-        (_, None) => state.broker.forget_session(session).await,
+        (true, Some(reason)) => Box::pin(detach(&state, &room, &user, session, reason)).await,
+        (false, Some(reason)) => Box::pin(leave(&state, &room, &user, session, reason)).await,
+        (_, None) => Box::pin(state.broker.forget_session(session)).await,
     }
     if let (Some(socket), Some((close, text))) = (socket.take(), ending.close) {
-        farewell_to(socket, close, text).await;
+        Box::pin(farewell_to(socket, close, text)).await;
     }
     tracing::info!(reason = ?end, "disconnected");
 }
@@ -568,7 +585,7 @@ async fn pump(
                         texts.push(text);
                     }
                     Step::Answer(frame) => {
-                        relay::handle_burst(state, room, user, role, outbox, &texts).await;
+                        relay_boxed(state, room, user, role, outbox, &texts).await;
                         texts.clear();
                         outbox.push(frame);
                     }
@@ -583,7 +600,7 @@ async fn pump(
                     None => break None,
                 }
             };
-            relay::handle_burst(state, room, user, role, outbox, &texts).await;
+            relay_boxed(state, room, user, role, outbox, &texts).await;
             texts.clear();
             if let Some(end) = ended {
                 return end;
@@ -643,6 +660,19 @@ async fn pump(
         _ => Some(FarewellSocket { sink, stream }),
     };
     (end, socket)
+}
+
+/// Relays a burst from a future of its own: the broker's calls are several KiB
+/// of future, which would otherwise sit in every idle session's reader.
+async fn relay_boxed(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    role: Role,
+    outbox: &Outbox,
+    texts: &[Utf8Bytes],
+) {
+    Box::pin(relay::handle_burst(state, room, user, role, outbox, texts)).await;
 }
 
 /// What one frame read from the client asks of the session.
