@@ -154,6 +154,8 @@ async fn join(base: &str, room: &str, user: &str, source: u8) -> Result<Ws, Stri
         .connect(addr)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
+    // As browsers do: small frames go out at once, for either server.
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut ws, _) = tokio_tungstenite::client_async(&url, stream)
         .await
         .map_err(|e| format!("{url}: {e}"))?;

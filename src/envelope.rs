@@ -132,6 +132,18 @@ pub fn split_numbered(text: &str) -> Option<(u64, SessionId, &str)> {
     Some((seq, stream, inner))
 }
 
+/// When a relayed frame was published (the `F` header, bare or inside an `S`
+/// envelope); `None` for anything else. Cheaper than [`parse`]: the subscriber
+/// reads it for every frame to measure how far behind it is.
+pub fn published_us(text: &str) -> Option<u64> {
+    let inner = match text.strip_prefix("S ") {
+        Some(rest) => rest.split_once('\n')?.1,
+        None => text,
+    };
+    let (header, _) = inner.strip_prefix("F ")?.split_once('\n')?;
+    header.split(' ').next()?.parse().ok()
+}
+
 /// `frame` (a JSON object as the node serialized it) with `"seq":N` as its last field.
 pub fn with_seq(frame: &str, seq: u64) -> String {
     let body = frame.trim_end();

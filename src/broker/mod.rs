@@ -573,6 +573,16 @@ impl Broker {
         }
     }
 
+    /// How far behind this node reads what other nodes publish for its sessions;
+    /// sessions read their clients more slowly while it is high (the memory
+    /// engine delivers in the sender's call: never behind).
+    pub fn delivery_lag(&self) -> std::time::Duration {
+        match self {
+            Self::Redis(b) => b.delivery_lag(),
+            Self::Memory(_) => std::time::Duration::ZERO,
+        }
+    }
+
     /// Relays a sender's burst in order: one result per item, or one error for
     /// the whole burst when the store could not be asked (nothing was relayed, or
     /// the reply was lost, as with a single relay).

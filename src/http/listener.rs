@@ -115,6 +115,11 @@ pub async fn serve(
                 }
             }
         };
+        // Signaling frames are small and latency-bound: without this, Nagle's
+        // algorithm holds a frame back while the previous one is unacknowledged.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let connection = Connection {
             router: router.clone(),
             limits,

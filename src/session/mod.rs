@@ -570,7 +570,10 @@ async fn pump(
             let mut next = tokio::select! {
                 biased;
                 _ = closed.cancelled() => return End::Closed(CloseReason::Shutdown),
-                msg = stream.next() => msg,
+                msg = async {
+                    throttle(state).await;
+                    stream.next().await
+                } => msg,
             };
             // This frame and whatever else the client had already sent, up to a
             // bound: their relays go to the store together, in order.
@@ -673,6 +676,22 @@ async fn relay_boxed(
     texts: &[Utf8Bytes],
 ) {
     Box::pin(relay::handle_burst(state, room, user, role, outbox, texts)).await;
+}
+
+/// A subscriber this far behind makes the node's sessions wait before they read
+/// more from their clients: well under what fills Redis' pub/sub output buffer
+/// (32 MB by default) at the rates a node reaches.
+const LAG_LIMIT: Duration = Duration::from_millis(50);
+/// Longest wait before one burst, so a lag that does not drop (a publisher's
+/// clock far off) slows sessions down but never stops them.
+const MAX_THROTTLE: Duration = Duration::from_secs(1);
+
+/// Waits while this node's subscriber is behind (bounded; broker/redis/delivery_lag.rs).
+async fn throttle(state: &AppState) {
+    let started = Instant::now();
+    while state.broker.delivery_lag() > LAG_LIMIT && started.elapsed() < MAX_THROTTLE {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// What one frame read from the client asks of the session.

@@ -10,6 +10,7 @@
 //! tracked here and logged once per change, not once per failed command.
 
 mod conn;
+mod delivery_lag;
 mod error;
 mod gap_fill;
 pub mod keys;
@@ -814,6 +815,12 @@ impl RedisBroker {
             self.relay.failed(generation, e);
         }
         self.note(op, result.map_err(BrokerError::from))
+    }
+
+    /// How far this node's subscriber is behind what Redis published for it
+    /// (delivery_lag.rs).
+    pub fn delivery_lag(&self) -> Duration {
+        self.subscriber.lag.lag()
     }
 
     /// A PING over the relay connection, run with every heartbeat so a dead

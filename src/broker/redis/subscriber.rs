@@ -94,6 +94,8 @@ pub(super) struct Subscriber {
     gaps: Arc<GapFiller>,
     /// Numbers frames again that Redis numbered with a `seq` already delivered.
     renumber: Arc<Renumberer>,
+    /// How far behind the published frames this subscriber reads them.
+    pub(super) lag: super::delivery_lag::DeliveryLag,
     /// Subscribe and unsubscribe requests, for the batching task.
     ops: mpsc::UnboundedSender<SubscriptionOp>,
     /// Its receiving end, taken by [`Subscriber::run`] for that task.
@@ -140,6 +142,7 @@ impl Subscriber {
             gaps,
             ops,
             ops_queue: std::sync::Mutex::new(Some(ops_queue)),
+            lag: super::delivery_lag::DeliveryLag::new(),
             source,
             commands,
             node_id,
@@ -576,11 +579,16 @@ impl Subscriber {
             return;
         };
         match crypto::open(self.cipher.as_deref(), channel, text) {
-            Ok(text) => match self.deliveries.deliver(room, user, &text) {
-                Delivery::Gap => self.gaps.request(room, user),
-                Delivery::Renumber { floor } => self.renumber.request(room, user, floor, &text),
-                Delivery::Taken | Delivery::Dropped => {}
-            },
+            Ok(text) => {
+                if let Some(published) = crate::envelope::published_us(&text) {
+                    self.lag.observe(published, crate::envelope::now_us());
+                }
+                match self.deliveries.deliver(room, user, &text) {
+                    Delivery::Gap => self.gaps.request(room, user),
+                    Delivery::Renumber { floor } => self.renumber.request(room, user, floor, &text),
+                    Delivery::Taken | Delivery::Dropped => {}
+                }
+            }
             Err(e) => self.report_unreadable(user, e),
         }
     }
