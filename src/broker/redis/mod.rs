@@ -429,7 +429,8 @@ impl RedisBroker {
     ///
     /// Steps that do not wait for each other share a round trip: 1 and 2, then 4
     /// and the room index, so a join without a previous session is three round
-    /// trips (four with `max_users`, whose capacity is read first).
+    /// trips (after the read of the room's settings and occupancy, which the
+    /// session makes while its subscription is confirmed).
     ///
     /// A step after 3 that fails returns an error; the session then leaves, which
     /// undoes 2 to 4 (each removal is guarded by the session id).
@@ -443,24 +444,9 @@ impl RedisBroker {
     async fn join_steps(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
         let (room, user) = (req.room.as_str(), req.user.as_str());
         let session = req.session.to_string();
-        // A full room refuses before anything is written (a refused connection
-        // leaves nothing behind, not even undone steps); the room step checks again,
-        // atomically, for joins that race for the last seat.
-        if let Some(max) = req.max_users {
-            let (members, here): (u64, u64) = self
-                .pooled("join_capacity", async |conn| {
-                    let counts = redis::pipe()
-                        .scard(self.keys.room(room))
-                        .sismember(self.keys.room(room), user)
-                        .query_async(&mut *conn)
-                        .await?;
-                    Ok(counts)
-                })
-                .await?;
-            if members.saturating_sub(here) >= u64::from(max) {
-                return Ok(JoinResult::Full);
-            }
-        }
+        // A full room was refused before (session admission reads the occupancy
+        // with the room's settings); the room step checks again, atomically, for
+        // joins that race for the last seat.
         let ticket = self.take_ticket(&req.run, user, &session, room).await?;
 
         // Clear even with a payload key: the script publishes this one text to every
