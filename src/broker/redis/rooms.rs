@@ -57,8 +57,9 @@ impl RedisBroker {
         user: &UserId,
     ) -> Result<JoinView, BrokerError> {
         let set = self.keys.room(room.as_str());
+        // Named `join` in logs and metrics: it is the join's first command.
         let (fields, members, here): (Vec<Option<String>>, u64, u64) = self
-            .pooled("room_meta", async |conn| {
+            .pooled("join", async |conn| {
                 let view = redis::pipe()
                     .add_command(self.meta_fields(room.as_str()))
                     .scard(&set)
