@@ -355,6 +355,16 @@ pub fn echo_fields(text: &str) -> (Option<&RawValue>, Option<String>) {
 /// Whether arrays/objects nest deeper than `limit`, counting outside strings only.
 /// One pass over the bytes, no recursion.
 fn nesting_exceeds(text: &str, limit: usize) -> bool {
+    // Nesting needs an opening bracket per level: a frame with few of them (every
+    // signaling frame) cannot exceed the limit, and counting them is one
+    // vectorised pass instead of a byte-by-byte walk through every string.
+    let openings = text
+        .as_bytes()
+        .iter()
+        .fold(0usize, |n, &b| n + usize::from(b == b'{' || b == b'['));
+    if openings <= limit {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in text.as_bytes() {
         if in_string {

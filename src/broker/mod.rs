@@ -154,6 +154,16 @@ pub struct RoomMeta {
     pub hosts: Vec<String>,
 }
 
+/// What a join reads of its room before it writes anything.
+#[derive(Debug, Clone, Default)]
+pub struct JoinView {
+    /// The room's settings, if it was created.
+    pub meta: Option<RoomMeta>,
+    /// Whether the room is at `max_users` without the user (a first refusal, before
+    /// anything is written; the join checks again atomically).
+    pub full: bool,
+}
+
 /// What `GET /rooms/{id}` shows.
 #[derive(Debug, Clone)]
 pub struct RoomInfo {
@@ -515,6 +525,18 @@ impl Broker {
         match self {
             Self::Redis(b) => b.room_meta(room).await,
             Self::Memory(b) => Ok(b.room_meta(room)),
+        }
+    }
+
+    /// The room's settings and whether it has a seat for `user`, in one read.
+    pub async fn join_view(&self, room: &RoomId, user: &UserId) -> Result<JoinView, BrokerError> {
+        match self {
+            Self::Redis(b) => b.join_view(room, user).await,
+            // Its join checks the capacity under its lock and writes nothing when full.
+            Self::Memory(b) => Ok(JoinView {
+                meta: b.room_meta(room),
+                full: false,
+            }),
         }
     }
 

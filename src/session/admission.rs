@@ -1,6 +1,7 @@
 //! Whether a connection may join its room, and as what: the room's password and
 //! its role rules (PROTOCOL.md section 9). The token itself was checked before the
-//! session started; capacity is checked atomically by the join.
+//! session started; capacity is read here (a full room refuses before anything is
+//! written) and checked again atomically by the join.
 
 use crate::auth::Claims;
 use crate::broker::RoomMeta;
@@ -46,8 +47,8 @@ pub(super) async fn admit(
     user: &UserId,
     credentials: &Credentials,
 ) -> Result<Admitted, Refusal> {
-    let meta = match state.broker.room_meta(room).await {
-        Ok(meta) => meta.unwrap_or_default(),
+    let (meta, full) = match state.broker.join_view(room, user).await {
+        Ok(view) => (view.meta.unwrap_or_default(), view.full),
         Err(e) => {
             tracing::warn!(error = %e, "join refused: room settings unavailable");
             return Err(UNAVAILABLE);
@@ -71,6 +72,13 @@ pub(super) async fn admit(
                 text: "wrong or missing room password",
             });
         }
+    }
+    // A full room refuses before anything is written (a refused connection leaves
+    // nothing behind, not even undone steps); the join checks again, atomically,
+    // for joins that race for the last seat.
+    if full {
+        tracing::info!("join refused: room full");
+        return Err(ROOM_FULL);
     }
     Ok(Admitted {
         role: role(&meta, user, credentials.claims.as_ref()),

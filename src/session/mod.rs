@@ -195,17 +195,6 @@ async fn serve(
     slot: ConnectionSlot,
 ) {
     tracing::info!(resume = credentials.resume.is_some(), "connected");
-    // Without a resume the room's rules come first, before anything is written; a
-    // resume skips them (the token stands for the password) unless it fails.
-    let mut admitted = match credentials.resume {
-        Some(_) => None,
-        None => match Box::pin(admission::admit(&state, &room, &user, &credentials)).await {
-            Ok(admitted) => Some(admitted),
-            Err(refusal) => {
-                return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await
-            }
-        },
-    };
     // The run this session is recorded under. Checked again after the insert below.
     let Some(run) = state.registered_run() else {
         let refusal = admission::STORE_DOWN;
@@ -236,8 +225,27 @@ async fn serve(
     }
 
     // Subscribe before the join makes the user visible, so a member reacting to
-    // `user_joined` at once never sends into the void.
-    if let Err(e) = state.broker.subscribe(&room, &user).await {
+    // `user_joined` at once never sends into the void. Without a resume the room's
+    // rules are read meanwhile (a resume skips them: the token stands for the
+    // password, unless it fails); both come before anything is written to the
+    // store, so a refused connection leaves nothing there.
+    let admission = async {
+        match credentials.resume {
+            Some(_) => None,
+            None => Some(admission::admit(&state, &room, &user, &credentials).await),
+        }
+    };
+    let (admitted, subscribed) =
+        Box::pin(async { tokio::join!(admission, state.broker.subscribe(&room, &user)) }).await;
+    let mut admitted = match admitted {
+        None => None,
+        Some(Ok(admitted)) => Some(admitted),
+        Some(Err(refusal)) => {
+            forget(&state, &user, session).await;
+            return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+        }
+    };
+    if let Err(e) = subscribed {
         tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
         forget(&state, &user, session).await;
         let refusal = admission::STORE_DOWN;

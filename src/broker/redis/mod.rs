@@ -381,7 +381,13 @@ impl RedisBroker {
     ) -> Result<T, BrokerError> {
         let result = async {
             let mut conn = self.conn().await?;
-            run(&mut *conn).await
+            let result = run(&mut *conn).await;
+            if result.as_ref().is_err_and(BrokerError::is_outage) {
+                // Checkouts soon after are not checked (pool.rs): a connection that
+                // failed is dropped, so the next one dials afresh.
+                drop(deadpool::managed::Object::take(conn));
+            }
+            result
         }
         .await;
         self.note(op, result)
@@ -421,6 +427,11 @@ impl RedisBroker {
     /// 5. the previous session is removed from its room (guarded by its session id)
     ///    with `user_left` (`replaced`) when it was in another room, and told to close.
     ///
+    /// Steps that do not wait for each other share a round trip: 1 and 2, then 4
+    /// and the room index, so a join without a previous session is three round
+    /// trips (after the read of the room's settings and occupancy, which the
+    /// session makes while its subscription is confirmed).
+    ///
     /// A step after 3 that fails returns an error; the session then leaves, which
     /// undoes 2 to 4 (each removal is guarded by the session id).
     pub(super) async fn join(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
@@ -433,38 +444,10 @@ impl RedisBroker {
     async fn join_steps(&self, req: &JoinRequest) -> Result<JoinResult, BrokerError> {
         let (room, user) = (req.room.as_str(), req.user.as_str());
         let session = req.session.to_string();
-        // A full room refuses before anything is written (a refused connection
-        // leaves nothing behind, not even undone steps); the room step checks again,
-        // atomically, for joins that race for the last seat.
-        if let Some(max) = req.max_users {
-            let (members, here): (u64, u64) = self
-                .pooled("join_capacity", async |conn| {
-                    let counts = redis::pipe()
-                        .scard(self.keys.room(room))
-                        .sismember(self.keys.room(room), user)
-                        .query_async(&mut *conn)
-                        .await?;
-                    Ok(counts)
-                })
-                .await?;
-            if members.saturating_sub(here) >= u64::from(max) {
-                return Ok(JoinResult::Full);
-            }
-        }
-        let claim = self.keys.user_claim(user);
-        let ticket: u64 = self
-            .pooled("join_ticket", async |conn| {
-                let (ticket,): (u64,) = redis::pipe()
-                    .atomic()
-                    .hincr(&claim, "next", 1)
-                    .expire(&claim, i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
-                    .ignore()
-                    .query_async(&mut *conn)
-                    .await?;
-                Ok(ticket)
-            })
-            .await?;
-        self.record_session(&req.run, user, &session, room).await?;
+        // A full room was refused before (session admission reads the occupancy
+        // with the room's settings); the room step checks again, atomically, for
+        // joins that race for the last seat.
+        let ticket = self.take_ticket(&req.run, user, &session, room).await?;
 
         // Clear even with a payload key: the script publishes this one text to every
         // member's channel, so it cannot be sealed per channel, and it carries no
@@ -516,15 +499,27 @@ impl RedisBroker {
         }
         let mut members = records_to_members(members, &req.room)?;
         sort_members(&mut members);
-        self.index_room(room).await?;
 
+        // Steps 3b and 4 do not depend on each other: the room index (its own slot)
+        // and the user step go out together, one round trip. Should either fail,
+        // the session leaves, which undoes the user step; an index entry left
+        // behind is dropped by the next listing that finds the room empty.
         let previous: Vec<String> = self
             .pooled("claim_user", async |conn| {
+                let mut index = conn.clone();
+                let index = async {
+                    redis::cmd("ZADD")
+                        .arg(self.keys.rooms())
+                        .arg(0)
+                        .arg(room)
+                        .query_async::<i64>(&mut index)
+                        .await
+                };
                 let mut invocation = with_keys(
                     &self.scripts.claim_user,
                     script_keys::user(&self.keys, user),
                 );
-                let previous: Vec<String> = invocation
+                let claim = invocation
                     .arg(ticket)
                     .arg(&session)
                     .arg(room)
@@ -532,8 +527,8 @@ impl RedisBroker {
                     .arg(req.role.as_str())
                     .arg(self.node_id.as_str())
                     .arg(self.ttl_secs)
-                    .invoke_async(&mut *conn)
-                    .await?;
+                    .invoke_async::<Vec<String>>(&mut *conn);
+                let (previous, _) = futures::future::try_join(claim, index).await?;
                 Ok(previous)
             })
             .await?;
@@ -659,18 +654,56 @@ impl RedisBroker {
         session: &str,
         room: &str,
     ) -> Result<(), BrokerError> {
+        let record = self.record_pipe(run, user, session, room);
+        self.pooled("record_session", async |conn| {
+            record.query_async::<()>(&mut *conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The commands of [`Self::record_session`].
+    fn record_pipe(&self, run: &RunId, user: &str, session: &str, room: &str) -> redis::Pipeline {
         let key = self
             .keys
             .run_sessions(self.node_id.as_str(), &run.to_string());
-        self.pooled("record_session", async |conn| {
-            redis::pipe()
-                .hset(&key, session, format!("{user} {room}"))
-                .ignore()
-                .expire(&key, i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
-                .ignore()
-                .query_async::<()>(&mut *conn)
-                .await?;
-            Ok(())
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, session, format!("{user} {room}"))
+            .ignore()
+            .expire(&key, i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
+            .ignore();
+        pipe
+    }
+
+    /// Steps 1 and 2 of a join, in one round trip: a ticket from the user's claim
+    /// counter (user slot), and [`Self::record_session`] (node slot). Neither
+    /// needs the other; both are done before the room step makes the session
+    /// visible.
+    async fn take_ticket(
+        &self,
+        run: &RunId,
+        user: &str,
+        session: &str,
+        room: &str,
+    ) -> Result<u64, BrokerError> {
+        let claim = self.keys.user_claim(user);
+        let record = self.record_pipe(run, user, session, room);
+        self.pooled("join_ticket", async |conn| {
+            // Concurrent requests on one multiplexed connection share its writes.
+            let mut other = conn.clone();
+            let ticket = async {
+                let (ticket,): (u64,) = redis::pipe()
+                    .atomic()
+                    .hincr(&claim, "next", 1)
+                    .expire(&claim, i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
+                    .ignore()
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(ticket)
+            };
+            let (ticket, ()) =
+                futures::future::try_join(ticket, record.query_async::<()>(&mut other)).await?;
+            Ok(ticket)
         })
         .await
     }

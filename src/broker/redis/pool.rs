@@ -1,19 +1,27 @@
 //! The pool of command connections (joins, leaves, REST, upkeep): a deadpool
 //! manager that dials the [`Source`]'s primary, so after a Sentinel failover new
-//! connections go to the new master, and that on every checkout checks the
-//! connection still answers (and, when the primary can move, is still the master:
-//! a demoted master answers PING but refuses writes). On a Redis Cluster every
-//! pooled object is a handle to the node's one cluster connection, which keeps its
-//! per-shard connections healthy by itself.
+//! connections go to the new master, and that on checkout checks a connection that
+//! sat idle still answers (and, when the primary can move, is still the master: a
+//! demoted master answers PING but refuses writes). A connection in steady use is
+//! not checked: a PING per checkout doubled the round trips of every command (a
+//! join makes several), and a connection that fails a command is taken out of the
+//! pool instead (`RedisBroker::pooled`). On a Redis Cluster every pooled object is
+//! a handle to the node's one cluster connection, which keeps its per-shard
+//! connections healthy by itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::{AsyncConnectionConfig, RedisError};
 
 use super::conn::RedisConn;
 use super::source::{self, Source};
+
+/// A connection checked out less than this long ago is handed out unchecked: it
+/// answered (or was taken out of the pool for failing) that recently.
+const CHECK_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 /// The engine's pool of command connections.
 pub(super) type CommandPool = managed::Pool<PrimaryManager>;
@@ -53,9 +61,12 @@ impl managed::Manager for PrimaryManager {
         Ok(RedisConn::Multiplexed(conn))
     }
 
-    async fn recycle(&self, conn: &mut RedisConn, _: &Metrics) -> RecycleResult<RedisError> {
+    async fn recycle(&self, conn: &mut RedisConn, metrics: &Metrics) -> RecycleResult<RedisError> {
         if matches!(conn, RedisConn::Cluster(_)) {
             // A PING would go to every shard; the cluster connection repairs itself.
+            return Ok(());
+        }
+        if metrics.last_used() < CHECK_WHEN_IDLE {
             return Ok(());
         }
         let nonce = self.pings.fetch_add(1, Ordering::Relaxed).to_string();

@@ -188,10 +188,14 @@ impl RedisBroker {
     async fn resume_steps(&self, req: &ResumeRequest) -> Result<ResumeResult, BrokerError> {
         let (room, user) = (req.room.as_str(), req.user.as_str());
         let session = req.session.to_string();
-        self.wait_for_drain(&req.room, user).await;
         // Recorded before it is visible, as a join is: if this node dies from here
-        // on, the sweep finds the session.
-        self.record_session(&req.run, user, &session, room).await?;
+        // on, the sweep finds the session. The record waits for nothing, so it goes
+        // out with the drain check's first read.
+        let (_, recorded) = tokio::join!(
+            self.wait_for_drain(&req.room, user),
+            self.record_session(&req.run, user, &session, room)
+        );
+        recorded?;
         let reply: Result<Vec<String>, BrokerError> = self
             .pooled("resume", async |conn| {
                 let mut invocation = with_keys(
@@ -240,10 +244,13 @@ impl RedisBroker {
             return Ok(ResumeResult::Superseded);
         }
         let old = previous.session;
-        self.publish(&req.room, user, envelope::kick(old, KickReason::Resumed))
-            .await?;
-        self.unindex_detached(&detached_entry(room, user, &old.to_string()))
-            .await;
+        // Independent of each other: one round trip.
+        let entry = detached_entry(room, user, &old.to_string());
+        let (kicked, ()) = tokio::join!(
+            self.publish(&req.room, user, envelope::kick(old, KickReason::Resumed)),
+            self.unindex_detached(&entry)
+        );
+        kicked?;
         Ok(ResumeResult::Resumed(resumed))
     }
 

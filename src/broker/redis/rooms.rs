@@ -5,10 +5,32 @@ use super::member_record::MemberRecord;
 use super::script_keys;
 use super::with_keys;
 use super::RedisBroker;
-use crate::broker::{BrokerError, RoomInfo, RoomMeta, RoomPage};
+use crate::broker::{BrokerError, JoinView, RoomInfo, RoomMeta, RoomPage};
 use crate::envelope::{self, KickReason};
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::protocol::LeaveReason;
+
+/// A room's settings from [`RedisBroker::meta_fields`]; `None` when not created.
+fn parse_meta(fields: Vec<Option<String>>) -> Result<Option<RoomMeta>, BrokerError> {
+    let [Some(created_at), password_hash, max_users, moderated, hosts] =
+        <[Option<String>; 5]>::try_from(fields)
+            .map_err(|_| BrokerError::Reply("HMGET returned the wrong arity".into()))?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(RoomMeta {
+        created_at,
+        password_hash: password_hash.filter(|h| !h.is_empty()),
+        max_users: max_users.and_then(|m| m.parse().ok()),
+        moderated: moderated.as_deref() == Some("1"),
+        hosts: hosts
+            .unwrap_or_default()
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }))
+}
 
 impl RedisBroker {
     pub(in crate::broker) async fn room_meta(
@@ -17,38 +39,55 @@ impl RedisBroker {
     ) -> Result<Option<RoomMeta>, BrokerError> {
         let fields = self
             .pooled("room_meta", async |conn| {
-                let fields: Vec<Option<String>> = redis::cmd("HMGET")
-                    .arg(self.keys.room_meta(room.as_str()))
-                    .arg(&[
-                        "created_at",
-                        "password_hash",
-                        "max_users",
-                        "moderated",
-                        "hosts",
-                    ])
+                let fields: Vec<Option<String>> = self
+                    .meta_fields(room.as_str())
                     .query_async(&mut *conn)
                     .await?;
                 Ok(fields)
             })
             .await?;
-        let [Some(created_at), password_hash, max_users, moderated, hosts] =
-            <[Option<String>; 5]>::try_from(fields)
-                .map_err(|_| BrokerError::Reply("HMGET returned the wrong arity".into()))?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(RoomMeta {
-            created_at,
-            password_hash: password_hash.filter(|h| !h.is_empty()),
-            max_users: max_users.and_then(|m| m.parse().ok()),
-            moderated: moderated.as_deref() == Some("1"),
-            hosts: hosts
-                .unwrap_or_default()
-                .split(',')
-                .filter(|h| !h.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        }))
+        parse_meta(fields)
+    }
+
+    /// The room's settings and its occupancy without `user`, in one round trip
+    /// (one slot), so a join into a capped room needs no read of its own.
+    pub(in crate::broker) async fn join_view(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<JoinView, BrokerError> {
+        let set = self.keys.room(room.as_str());
+        // Named `join` in logs and metrics: it is the join's first command.
+        let (fields, members, here): (Vec<Option<String>>, u64, u64) = self
+            .pooled("join", async |conn| {
+                let view = redis::pipe()
+                    .add_command(self.meta_fields(room.as_str()))
+                    .scard(&set)
+                    .sismember(&set, user.as_str())
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(view)
+            })
+            .await?;
+        let meta = parse_meta(fields)?;
+        let full = meta
+            .as_ref()
+            .and_then(|m| m.max_users)
+            .is_some_and(|max| members.saturating_sub(here) >= u64::from(max));
+        Ok(JoinView { meta, full })
+    }
+
+    /// `HMGET` of the settings fields [`parse_meta`] reads.
+    fn meta_fields(&self, room: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.room_meta(room)).arg(&[
+            "created_at",
+            "password_hash",
+            "max_users",
+            "moderated",
+            "hosts",
+        ]);
+        cmd
     }
 
     pub(in crate::broker) async fn room_info(

@@ -36,9 +36,19 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 local out = { previous or '' }
+local others = {}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if m ~= user then
-    local record = redis.call('HGET', KEYS[2], m)
+    others[#others + 1] = m
+  end
+end
+-- The others' records in one HMGET per batch, not one HGET each (every call
+-- costs the script as much as the command itself); batches bound `unpack`.
+for first = 1, #others, 1000 do
+  local last = math.min(first + 999, #others)
+  local records = redis.call('HMGET', KEYS[2], unpack(others, first, last))
+  for i = first, last do
+    local m, record = others[i], records[i - first + 1]
     if record then
       out[#out + 1] = m
       out[#out + 1] = record
