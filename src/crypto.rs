@@ -135,7 +135,7 @@ pub fn open<'a>(
     // A numbered frame: Redis wrote the header, the node sealed what it wraps.
     if let Some((header, inner)) = text
         .strip_prefix("S ")
-        .and_then(|rest| rest.split_once('\n'))
+        .and_then(crate::envelope::split_line)
     {
         return Ok(match open(cipher, channel, inner)? {
             Cow::Borrowed(_) => Cow::Borrowed(text),

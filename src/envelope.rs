@@ -125,11 +125,19 @@ pub fn numbered(seq: u64, stream: SessionId, stored_ms: u64, inner: &str) -> Str
 /// was): `(seq, stream, inner)`.
 pub fn split_numbered(text: &str) -> Option<(u64, SessionId, &str)> {
     let rest = text.strip_prefix("S ")?;
-    let (header, inner) = rest.split_once('\n')?;
+    let (header, inner) = split_line(rest)?;
     let mut fields = header.split(' ');
     let seq = fields.next()?.parse().ok()?;
     let stream = SessionId::parse(fields.next()?)?;
     Some((seq, stream, inner))
+}
+
+/// The header line and the rest: what `split_once('\n')` gives, with memchr's
+/// scan (it runs several times on every frame a node receives).
+pub fn split_line(text: &str) -> Option<(&str, &str)> {
+    let at = memchr::memchr(b'\n', text.as_bytes())?;
+    // `at` is the index of an ASCII byte, so both halves are valid UTF-8.
+    Some((text.get(..at)?, text.get(at + 1..)?))
 }
 
 /// When a relayed frame was published (the `F` header, bare or inside an `S`
@@ -137,10 +145,10 @@ pub fn split_numbered(text: &str) -> Option<(u64, SessionId, &str)> {
 /// reads it for every frame to measure how far behind it is.
 pub fn published_us(text: &str) -> Option<u64> {
     let inner = match text.strip_prefix("S ") {
-        Some(rest) => rest.split_once('\n')?.1,
+        Some(rest) => split_line(rest)?.1,
         None => text,
     };
-    let (header, _) = inner.strip_prefix("F ")?.split_once('\n')?;
+    let (header, _) = split_line(inner.strip_prefix("F ")?)?;
     header.split(' ').next()?.parse().ok()
 }
 
@@ -172,7 +180,7 @@ pub fn parse(text: &str) -> Option<Envelope<'_>> {
             _ => None,
         };
     }
-    let (header, body) = text.split_once('\n')?;
+    let (header, body) = split_line(text)?;
     let mut fields = header.split(' ');
     let kind = fields.next()?;
     match kind {
