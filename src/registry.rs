@@ -314,7 +314,12 @@ impl Registry {
             held: BTreeMap::new(),
             recent: VecDeque::new(),
         };
-        self.lock().entry(user).or_default().push(entry);
+        // Almost always the user's only session: room for one, not the four a
+        // first push reserves (an entry is a few hundred bytes, held per session).
+        let mut map = self.lock();
+        let entries = map.entry(user).or_default();
+        entries.reserve_exact(1);
+        entries.push(entry);
     }
 
     /// Applies the join snapshot (`members`, newcomer excluded) and the numbering

@@ -179,8 +179,21 @@ pub fn run(
         session_id = %session,
         node_id = %state.config.node_id,
     );
-    Box::pin(serve(socket, state, room, user, session, credentials, slot).instrument(span))
+    // Built here, not in `serve`: an async fn keeps its arguments for its whole
+    // life, and the socket and credentials are only needed to start.
+    let opening = Box::pin(open(
+        socket,
+        state.clone(),
+        room.clone(),
+        user.clone(),
+        session,
+        credentials,
+    ));
+    Box::pin(serve(opening, state, room, user, session, slot).instrument(span))
 }
+
+/// The start of a session ([`open`]), boxed.
+type Opening = Pin<Box<dyn Future<Output = Option<Opened>> + Send>>;
 
 /// The session's future lives as long as the connection and is as large as its
 /// largest state, so its two phases that are large and short-lived run boxed:
@@ -188,16 +201,14 @@ pub fn run(
 /// relay loop (`pump`), as do the awaits of the ending (leave, farewell). An idle
 /// session then holds this small future and the pump's box.
 async fn serve(
-    socket: WebSocket,
+    opening: Opening,
     state: AppState,
     room: RoomId,
     user: UserId,
     session: SessionId,
-    credentials: Credentials,
     slot: ConnectionSlot,
 ) {
-    let Some(opened) = Box::pin(open(socket, &state, &room, &user, session, credentials)).await
-    else {
+    let Some(opened) = opening.await else {
         return;
     };
     let Opened {
@@ -279,12 +290,13 @@ struct Opened {
 /// session is off the registry again).
 async fn open(
     mut socket: WebSocket,
-    state: &AppState,
-    room: &RoomId,
-    user: &UserId,
+    state: AppState,
+    room: RoomId,
+    user: UserId,
     session: SessionId,
     credentials: Credentials,
 ) -> Option<Opened> {
+    let (state, room, user) = (&state, &room, &user);
     tracing::info!(resume = credentials.resume.is_some(), "connected");
     // Without a resume the room's rules come first, before anything is written; a
     // resume skips them (the token stands for the password) unless it fails.
