@@ -26,8 +26,8 @@
 //! a `seq` the client already has, nor dropped: the engine numbers it anew
 //! ([`Delivery::Renumber`]).
 
-use std::hash::BuildHasher;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
@@ -82,7 +82,7 @@ pub struct Numbering {
 struct Entry {
     handle: SessionHandle,
     /// Members the client was told about, with the session each announcement was for.
-    view: HashMap<String, SessionId>,
+    view: View,
     /// `Some` until the join snapshot is applied.
     pending: Option<Vec<String>>,
     /// The numbering of relayed frames the client sees (section 11).
@@ -92,6 +92,65 @@ struct Entry {
     /// (seq, digest) of the last numbered frames delivered, oldest first
     /// (allocated with the first one).
     recent: VecDeque<(u64, u64)>,
+}
+
+/// A session's view of its room: member ids sorted, each with the session it was
+/// announced for. Every idle session holds one (19 members in a room of 20), so it
+/// is a vector sized to its members rather than a hash map: about half the memory,
+/// and rooms are small enough that a binary search and a shift cost nothing.
+#[derive(Default)]
+struct View(Vec<(Box<str>, SessionId)>);
+
+impl View {
+    /// The view of a join snapshot.
+    fn of(members: &[(User, SessionId)]) -> Self {
+        let mut view: Vec<(Box<str>, SessionId)> = members
+            .iter()
+            .map(|(u, s)| (u.user_id.as_str().into(), *s))
+            .collect();
+        view.sort_by(|a, b| a.0.cmp(&b.0));
+        // A snapshot lists each member once; should it not, the last one counts,
+        // as it did when the view was a map.
+        view.reverse();
+        view.dedup_by(|a, b| a.0 == b.0);
+        view.reverse();
+        view.shrink_to_fit();
+        Self(view)
+    }
+
+    fn find(&self, member: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(m, _)| (**m).cmp(member))
+    }
+
+    fn get(&self, member: &str) -> Option<SessionId> {
+        self.find(member).ok().map(|at| self.0[at].1)
+    }
+
+    /// Records `member` as announced for `session`.
+    fn insert(&mut self, member: &str, session: SessionId) {
+        match self.find(member) {
+            Ok(at) => self.0[at].1 = session,
+            Err(at) => {
+                // One slot more, not double: a view only grows one join at a time.
+                self.0.reserve_exact(1);
+                self.0.insert(at, (member.into(), session));
+            }
+        }
+    }
+
+    /// Forgets `member`; returns the session it was announced for.
+    fn remove(&mut self, member: &str) -> Option<SessionId> {
+        let at = self.find(member).ok()?;
+        let (_, session) = self.0.remove(at);
+        if self.0.capacity() > 2 * self.0.len() + 4 {
+            self.0.shrink_to_fit();
+        }
+        Some(session)
+    }
+
+    fn members(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(m, _)| &**m)
+    }
 }
 
 /// What tells two numbered frames apart: their text and when they were published.
@@ -199,10 +258,10 @@ impl Entry {
                 session,
                 frame,
             } => {
-                if self.view.get(member) == Some(&session) {
+                if self.view.get(member) == Some(session) {
                     return Delivery::Taken;
                 }
-                self.view.insert(member.to_owned(), session);
+                self.view.insert(member, session);
                 taken(self.handle.outbox.push(frame.to_owned()))
             }
             Envelope::Left { member, frame, .. } => {
@@ -253,13 +312,18 @@ impl Registry {
         };
         let entry = Entry {
             handle,
-            view: HashMap::new(),
+            view: View::default(),
             pending: Some(Vec::new()),
             numbering,
             held: BTreeMap::new(),
             recent: VecDeque::new(),
         };
-        self.lock().entry(user).or_default().push(entry);
+        // Almost always the user's only session: room for one, not the four a
+        // first push reserves (an entry is a few hundred bytes, held per session).
+        let mut map = self.lock();
+        let entries = map.entry(user).or_default();
+        entries.reserve_exact(1);
+        entries.push(entry);
     }
 
     /// Applies the join snapshot (`members`, newcomer excluded) and the numbering
@@ -283,10 +347,7 @@ impl Registry {
         else {
             return Delivery::Dropped;
         };
-        entry.view = members
-            .iter()
-            .map(|(u, s)| (u.user_id.clone(), *s))
-            .collect();
+        entry.view = View::of(members);
         entry.numbering = numbering;
         // What the room knows of the member (a resume learns it from the store).
         entry.handle.role = me.role;
@@ -504,19 +565,19 @@ impl Registry {
             }
             for (member, session) in truth {
                 if member.user_id == user.as_str()
-                    || entry.view.get(&member.user_id) == Some(session)
+                    || entry.view.get(&member.user_id) == Some(*session)
                 {
                     continue;
                 }
-                entry.view.insert(member.user_id.clone(), *session);
+                entry.view.insert(&member.user_id, *session);
                 entry.handle.outbox.push(user_joined_frame(member));
                 sent += 1;
             }
             let gone: Vec<String> = entry
                 .view
-                .keys()
-                .filter(|m| !truth.iter().any(|(t, _)| &t.user_id == *m))
-                .cloned()
+                .members()
+                .filter(|m| !truth.iter().any(|(t, _)| t.user_id == *m))
+                .map(str::to_owned)
                 .collect();
             for member in gone {
                 entry.view.remove(&member);

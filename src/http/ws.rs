@@ -27,7 +27,7 @@ use crate::state::AppState;
 /// listener's read-ahead (`ReadAhead` in listener.rs) takes up to 8 KiB per
 /// syscall and hands it out in these chunks, so a small buffer costs no extra
 /// syscalls; a larger frame still grows it (tungstenite reserves a whole frame).
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Frames of one burst of deliveries collect in the socket's write buffer up to
 /// this before they are written; the session flushes after each burst, so a lone

@@ -159,14 +159,18 @@ impl End {
 }
 
 /// Serves one accepted WebSocket for `user` in `room` until it ends.
-pub async fn run(
+///
+/// The session's future is boxed here, once, with nothing around it: axum's
+/// upgrade task awaits it behind a pointer, so that task stays small, and an
+/// async wrapper would have held a second copy of the arguments next to it.
+pub fn run(
     socket: WebSocket,
     state: AppState,
     room: RoomId,
     user: UserId,
     credentials: Credentials,
     slot: ConnectionSlot,
-) {
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let session = SessionId::new();
     let span = tracing::info_span!(
         "session",
@@ -175,155 +179,56 @@ pub async fn run(
         session_id = %session,
         node_id = %state.config.node_id,
     );
-    serve(socket, state, room, user, session, credentials, slot)
-        .instrument(span)
-        .await;
+    // Built here, not in `serve`: an async fn keeps its arguments for its whole
+    // life, and the socket and credentials are only needed to start.
+    let opening = Box::pin(open(
+        socket,
+        state.clone(),
+        room.clone(),
+        user.clone(),
+        session,
+        credentials,
+    ));
+    Box::pin(serve(opening, state, room, user, session, slot).instrument(span))
 }
 
-/// The session's task lives as long as the connection and is as large as the
-/// largest state of this future, so every await that is large and short-lived
-/// (admission, join, resume, leave, farewell: Redis futures of ~20 KiB) and the
-/// relay loop (`pump`) are boxed: an idle session then holds this small future,
-/// the pump's box and nothing of the join or the leave.
+/// The start of a session ([`open`]), boxed.
+type Opening = Pin<Box<dyn Future<Output = Option<Opened>> + Send>>;
+
+/// The session's future lives as long as the connection and is as large as its
+/// largest state, so its two phases that are large and short-lived run boxed:
+/// the start ([`open`]: admission, join or resume, the first frame) and the
+/// relay loop (`pump`), as do the awaits of the ending (leave, farewell). An idle
+/// session then holds this small future and the pump's box.
 async fn serve(
-    mut socket: WebSocket,
+    opening: Opening,
     state: AppState,
     room: RoomId,
     user: UserId,
     session: SessionId,
-    credentials: Credentials,
     slot: ConnectionSlot,
 ) {
-    tracing::info!(resume = credentials.resume.is_some(), "connected");
-    // The run this session is recorded under. Checked again after the insert below.
-    let Some(run) = state.registered_run() else {
-        let refusal = admission::STORE_DOWN;
-        return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+    let Some(opened) = opening.await else {
+        return;
     };
-    let (outbox, mut inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
-    let issued = resume_token::issue();
-    let handle = SessionHandle {
-        session_id: session,
-        room_id: room.clone(),
-        outbox: outbox.clone(),
-        joined_at: now_rfc3339_millis(),
-        role: Role::Peer,
-        run,
-        resume_digest: issued.digest.clone(),
-    };
-    // An older local session of this user stays open: if this join wins, the
-    // join itself tells that session to close; if it is refused, nothing changed.
-    state.registry.insert(user.clone(), handle);
-    // The upkeep renews the run before it closes the old run's sessions. Had it
-    // renewed between the read above and the insert, its close missed this
-    // session: refuse it here. Otherwise any later close sees it.
-    if state.incarnation.current() != run {
-        tracing::info!("join refused: this node's run was declared dead meanwhile");
-        forget(&state, &user, session).await;
-        let refusal = admission::STORE_DOWN;
-        return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
-    }
-
-    // Subscribe before the join makes the user visible, so a member reacting to
-    // `user_joined` at once never sends into the void. Without a resume the room's
-    // rules are read meanwhile (a resume skips them: the token stands for the
-    // password, unless it fails); both come before anything is written to the
-    // store, so a refused connection leaves nothing there.
-    let admission = async {
-        match credentials.resume {
-            Some(_) => None,
-            None => Some(admission::admit(&state, &room, &user, &credentials).await),
-        }
-    };
-    let (admitted, subscribed) =
-        Box::pin(async { tokio::join!(admission, state.broker.subscribe(&room, &user)) }).await;
-    let mut admitted = match admitted {
-        None => None,
-        Some(Ok(admitted)) => Some(admitted),
-        Some(Err(refusal)) => {
-            forget(&state, &user, session).await;
-            return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
-        }
-    };
-    if let Err(e) = subscribed {
-        tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
-        forget(&state, &user, session).await;
-        let refusal = admission::STORE_DOWN;
-        return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
-    }
-
-    let start = match &credentials.resume {
-        Some(ask) => Box::pin(try_resume(&state, &room, &user, session, run, ask, &issued)).await,
-        None => Ok(None),
-    };
-    let start = match start {
-        Ok(Some(resumed)) => resumed,
-        Ok(None) => {
-            let admitted = match admitted.take() {
-                Some(admitted) => Ok(admitted),
-                None => Box::pin(admission::admit(&state, &room, &user, &credentials)).await,
-            };
-            let admitted = match admitted {
-                Ok(admitted) => admitted,
-                Err(refusal) => {
-                    forget(&state, &user, session).await;
-                    return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text))
-                        .await;
-                }
-            };
-            match Box::pin(join(&state, &room, &user, session, run, &admitted, &issued)).await {
-                Ok(joined) => joined,
-                Err(refusal) => {
-                    forget(&state, &user, session).await;
-                    return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text))
-                        .await;
-                }
-            }
-        }
-        Err(refusal) => {
-            forget(&state, &user, session).await;
-            return Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
-        }
-    };
-
-    // Deliveries that arrived meanwhile were held; they are released behind
-    // `room_users`: the replay first, then live frames, merged by `seq`, and
-    // membership filtered against the snapshot.
-    let users: Vec<_> = start.members.iter().map(|(u, _)| u.clone()).collect();
-    let info = SessionInfo {
-        resume_token: &issued.token,
-        resume_seconds: state.config.resume_grace.as_secs(),
-        resumed: start.resumed,
-    };
-    // Fresh TURN credentials with every room_users, a resumed one included.
-    let ice = state
-        .config
-        .ice
-        .for_user(user.as_str(), std::time::SystemTime::now());
-    let first = room_users_frame(&room, &start.me, &users, &info, &ice.servers);
-    let activated = state.registry.activate(
-        &user,
-        session,
-        &start.me,
-        &start.members,
-        start.numbering,
-        &start.replay,
-    );
-    if activated == Delivery::Gap {
-        state.broker.fill(&room, &user);
-    }
-    let role = start.me.role;
-    // Nothing of the join is needed from here on: freed now rather than held
-    // for the whole life of the connection (the member list alone is a few KiB).
-    drop((users, ice, start, issued, credentials, admitted));
-    let end = match socket.send(Message::Text(first.into())).await {
-        Ok(()) => {
-            Box::pin(pump(
-                socket, &state, &room, &user, role, &outbox, &mut inbox,
-            ))
-            .await
-        }
-        Err(_) => (End::ClientGone, None),
+    let Opened {
+        socket,
+        outbox,
+        mut inbox,
+        role,
+        sent,
+    } = opened;
+    // A socket whose first frame failed stays open until the session ends, as
+    // it did before the start was split off.
+    let mut unsent = None;
+    let end = if sent {
+        Box::pin(pump(
+            socket, &state, &room, &user, role, &outbox, &mut inbox,
+        ))
+        .await
+    } else {
+        unsent = Some(socket);
+        (End::ClientGone, None)
     };
     let (end, socket) = end;
     inbox.seal();
@@ -366,7 +271,167 @@ async fn serve(
     if let (Some(socket), Some((close, text))) = (socket.take(), ending.close) {
         Box::pin(farewell_to(socket, close, text)).await;
     }
+    drop(unsent);
     tracing::info!(reason = ?end, "disconnected");
+}
+
+/// A session that joined (or resumed) and was sent its first frame.
+struct Opened {
+    socket: WebSocket,
+    outbox: Outbox,
+    inbox: Inbox,
+    role: Role,
+    /// Whether `room_users` went out (else the client is gone).
+    sent: bool,
+}
+
+/// Admits, registers and joins (or resumes) the session, then sends it
+/// `room_users`. `None` when it was refused (the refusal is sent, and the
+/// session is off the registry again).
+async fn open(
+    mut socket: WebSocket,
+    state: AppState,
+    room: RoomId,
+    user: UserId,
+    session: SessionId,
+    credentials: Credentials,
+) -> Option<Opened> {
+    let (state, room, user) = (&state, &room, &user);
+    tracing::info!(resume = credentials.resume.is_some(), "connected");
+    // The run this session is recorded under. Checked again after the insert below.
+    let Some(run) = state.registered_run() else {
+        let refusal = admission::STORE_DOWN;
+        Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+        return None;
+    };
+    let (outbox, inbox) = outbox::channel(state.config.max_queue_bytes, &state.sessions);
+    let issued = resume_token::issue();
+    let handle = SessionHandle {
+        session_id: session,
+        room_id: room.clone(),
+        outbox: outbox.clone(),
+        joined_at: now_rfc3339_millis(),
+        role: Role::Peer,
+        run,
+        resume_digest: issued.digest.clone(),
+    };
+    // An older local session of this user stays open: if this join wins, the
+    // join itself tells that session to close; if it is refused, nothing changed.
+    state.registry.insert(user.clone(), handle);
+    // The upkeep renews the run before it closes the old run's sessions. Had it
+    // renewed between the read above and the insert, its close missed this
+    // session: refuse it here. Otherwise any later close sees it.
+    if state.incarnation.current() != run {
+        tracing::info!("join refused: this node's run was declared dead meanwhile");
+        forget(state, user, session).await;
+        let refusal = admission::STORE_DOWN;
+        Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+        return None;
+    }
+
+    // Subscribe before the join makes the user visible, so a member reacting to
+    // `user_joined` at once never sends into the void. Without a resume the room's
+    // rules are read meanwhile (a resume skips them: the token stands for the
+    // password, unless it fails); both come before anything is written to the
+    // store, so a refused connection leaves nothing there.
+    let admission = async {
+        match credentials.resume {
+            Some(_) => None,
+            None => Some(admission::admit(state, room, user, &credentials).await),
+        }
+    };
+    let (admitted, subscribed) =
+        Box::pin(async { tokio::join!(admission, state.broker.subscribe(room, user)) }).await;
+    let mut admitted = match admitted {
+        None => None,
+        Some(Ok(admitted)) => Some(admitted),
+        Some(Err(refusal)) => {
+            forget(state, user, session).await;
+            Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+            return None;
+        }
+    };
+    if let Err(e) = subscribed {
+        tracing::warn!(error = %e, "join refused: cannot subscribe to the user's channel");
+        forget(state, user, session).await;
+        let refusal = admission::STORE_DOWN;
+        Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+        return None;
+    }
+
+    let start = match &credentials.resume {
+        Some(ask) => Box::pin(try_resume(state, room, user, session, run, ask, &issued)).await,
+        None => Ok(None),
+    };
+    let start = match start {
+        Ok(Some(resumed)) => resumed,
+        Ok(None) => {
+            let admitted = match admitted.take() {
+                Some(admitted) => Ok(admitted),
+                None => Box::pin(admission::admit(state, room, user, &credentials)).await,
+            };
+            let admitted = match admitted {
+                Ok(admitted) => admitted,
+                Err(refusal) => {
+                    forget(state, user, session).await;
+                    Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+                    return None;
+                }
+            };
+            match Box::pin(join(state, room, user, session, run, &admitted, &issued)).await {
+                Ok(joined) => joined,
+                Err(refusal) => {
+                    forget(state, user, session).await;
+                    Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+                    return None;
+                }
+            }
+        }
+        Err(refusal) => {
+            forget(state, user, session).await;
+            Box::pin(reject(socket, refusal.code, refusal.close, refusal.text)).await;
+            return None;
+        }
+    };
+
+    // Deliveries that arrived meanwhile were held; they are released behind
+    // `room_users`: the replay first, then live frames, merged by `seq`, and
+    // membership filtered against the snapshot.
+    let users: Vec<_> = start.members.iter().map(|(u, _)| u.clone()).collect();
+    let info = SessionInfo {
+        resume_token: &issued.token,
+        resume_seconds: state.config.resume_grace.as_secs(),
+        resumed: start.resumed,
+    };
+    // Fresh TURN credentials with every room_users, a resumed one included.
+    let ice = state
+        .config
+        .ice
+        .for_user(user.as_str(), std::time::SystemTime::now());
+    let first = room_users_frame(room, &start.me, &users, &info, &ice.servers);
+    let activated = state.registry.activate(
+        user,
+        session,
+        &start.me,
+        &start.members,
+        start.numbering,
+        &start.replay,
+    );
+    if activated == Delivery::Gap {
+        state.broker.fill(room, user);
+    }
+    let role = start.me.role;
+    // Nothing of the join is needed from here on: freed now rather than held
+    // for the whole life of the connection (the member list alone is a few KiB).
+    drop((users, ice, start, issued, credentials, admitted));
+    let sent = socket.send(Message::Text(first.into())).await.is_ok();
+    Some(Opened {
+        socket,
+        outbox,
+        inbox,
+        role,
+        sent,
+    })
 }
 
 /// Where a session starts once the store accepted it.
@@ -938,9 +1003,10 @@ async fn leave(
 }
 
 /// Drops the local session and, if it was the user's last in its room, the
-/// user's channel in that room.
+/// user's channel in that room. The unsubscribe is boxed: `serve` awaits this
+/// inline, and a Redis future would set the size of every session's task.
 async fn forget(state: &AppState, user: &UserId, session: SessionId) {
     if let Some(room) = state.registry.remove(user, session) {
-        state.broker.unsubscribe(&room, user).await;
+        Box::pin(state.broker.unsubscribe(&room, user)).await;
     }
 }
