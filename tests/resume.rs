@@ -748,7 +748,11 @@ async fn talk(
             set_location(client.base());
             continue;
         }
+        // Biased: `done` first. The first talkers to see it close at once, and the
+        // `user_left` their close causes must not be read as unexpected by a talker
+        // whose turn came later (done was set before any of them closed).
         tokio::select! {
+            biased;
             _ = done.changed() => break,
             _ = sending.changed() => {}
             _ = tick.tick(), if *sending.borrow() => {

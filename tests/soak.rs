@@ -125,6 +125,10 @@ async fn stable_member(
     let (sent_total, received_total) = (phases.sent_total.clone(), phases.received_total.clone());
     loop {
         tokio::select! {
+            // `done` first, as in the loop below: the `user_left` of a peer that
+            // closed after `done` must not count.
+            biased;
+            _ = phases.done.changed() => break,
             _ = phases.start.changed(), if !started => {
                 started = true;
                 sending = !*phases.stop.borrow();
@@ -141,7 +145,6 @@ async fn stable_member(
                 sent_total.fetch_add(1, Ordering::Relaxed);
             }
             _ = phases.stop.changed(), if sending => sending = false,
-            _ = phases.done.changed() => break,
             msg = ws.next() => {
                 let Some(Ok(msg)) = msg else {
                     received.errors.push(json!({"local": "connection ended"}));
