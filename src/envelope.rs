@@ -87,7 +87,8 @@ pub enum Envelope<'a> {
 pub fn frame(frame: &str) -> String {
     let mut out = String::with_capacity(frame.len() + 20);
     out.push_str("F ");
-    out.push_str(&now_us().to_string());
+    // itoa: `to_string` goes through the formatting machinery and allocates.
+    out.push_str(itoa::Buffer::new().format(now_us()));
     out.push('\n');
     out.push_str(frame);
     out
@@ -159,7 +160,7 @@ pub fn with_seq(frame: &str, seq: u64) -> String {
     let mut out = String::with_capacity(body.len() + 24);
     out.push_str(body);
     out.push_str(",\"seq\":");
-    out.push_str(&seq.to_string());
+    out.push_str(itoa::Buffer::new().format(seq));
     out.push('}');
     out
 }

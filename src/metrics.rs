@@ -3,9 +3,10 @@
 //! for the protocol's known types; app-defined types count as `other`, so a client
 //! cannot grow the label set without bound.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// WebSocket sessions open on this node (gauge).
@@ -82,21 +83,64 @@ pub fn install() -> Option<PrometheusHandle> {
 
 /// The label for a message type: known types as they are, the rest `other`.
 pub fn type_label(kind: &str) -> &'static str {
+    TYPE_LABELS[type_index(kind)]
+}
+
+/// The `type` labels of relayed messages, in the order of [`type_index`].
+const TYPE_LABELS: [&str; 6] = [
+    "sdp_offer",
+    "sdp_answer",
+    "ice_candidate",
+    "message",
+    "broadcast",
+    "other",
+];
+
+fn type_index(kind: &str) -> usize {
     match kind {
-        "sdp_offer" => "sdp_offer",
-        "sdp_answer" => "sdp_answer",
-        "ice_candidate" => "ice_candidate",
-        "message" => "message",
-        "broadcast" => "broadcast",
-        _ => "other",
+        "sdp_offer" => 0,
+        "sdp_answer" => 1,
+        "ice_candidate" => 2,
+        "message" => 3,
+        "broadcast" => 4,
+        _ => 5,
     }
+}
+
+/// The relayed-message counters (type × directed/broadcast) and the publish
+/// histogram, looked up once: the `counter!` macro builds its key and searches the
+/// registry on every call, a tenth of a relay's instructions on the sending node.
+/// Taken at the first relay, long after the recorder is installed at startup.
+struct RelayHandles {
+    relayed: Vec<[Counter; 2]>,
+    publish: Histogram,
+    delivery: Histogram,
+}
+
+fn relay_handles() -> &'static RelayHandles {
+    static HANDLES: OnceLock<RelayHandles> = OnceLock::new();
+    HANDLES.get_or_init(|| RelayHandles {
+        relayed: TYPE_LABELS
+            .iter()
+            .map(|t| {
+                [
+                    counter!(RELAYED, "type" => *t, "kind" => "broadcast"),
+                    counter!(RELAYED, "type" => *t, "kind" => "directed"),
+                ]
+            })
+            .collect(),
+        publish: histogram!(RELAY_PUBLISH_SECONDS),
+        delivery: histogram!(RELAY_DELIVERY_SECONDS),
+    })
 }
 
 /// A relayed message.
 pub fn relayed(kind: &str, directed: bool, publish: Duration) {
-    let kind_label = if directed { "directed" } else { "broadcast" };
-    counter!(RELAYED, "type" => type_label(kind), "kind" => kind_label).increment(1);
-    histogram!(RELAY_PUBLISH_SECONDS).record(publish.as_secs_f64());
+    let handles = relay_handles();
+    if let Some(pair) = handles.relayed.get(type_index(kind)) {
+        pair[usize::from(directed)].increment(1);
+    }
+    handles.publish.record(publish.as_secs_f64());
 }
 
 /// A relay that failed with `code`.
@@ -116,7 +160,7 @@ pub fn closed(code: u16) {
 
 /// A frame written to its target's socket, `age` after it was published.
 pub fn delivered(age: Duration) {
-    histogram!(RELAY_DELIVERY_SECONDS).record(age.as_secs_f64());
+    relay_handles().delivery.record(age.as_secs_f64());
 }
 
 /// A session opened (+1) or closed (-1).

@@ -89,10 +89,17 @@ impl RedisBroker {
         for item in burst {
             match item {
                 Outbound::ToUser { target, frame } => {
-                    let channel = self.keys.user_channel(room.as_str(), target);
-                    command
-                        .arg(*target)
-                        .arg(self.seal(&channel, envelope::frame(frame)));
+                    let envelope = envelope::frame(frame);
+                    // Sealed for the target's channel when encryption is on; the
+                    // channel's name is only built then.
+                    let envelope = match self.cipher {
+                        Some(_) => {
+                            let channel = self.keys.user_channel(room.as_str(), target);
+                            self.seal(&channel, envelope)
+                        }
+                        None => envelope,
+                    };
+                    command.arg(*target).arg(envelope);
                 }
                 Outbound::ToRoom { frame } => {
                     command.arg("").arg(envelope::frame(frame));
