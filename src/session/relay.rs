@@ -1,4 +1,5 @@
-//! One client text frame: validate, then answer (`pong`, `error`) or relay it.
+//! Client text frames: validate each, then answer it (`pong`, `error`) or relay it;
+//! the relays of consecutive frames go to the broker as one burst, in order.
 //! Every failure becomes an `error` frame to the sender; the connection stays usable.
 
 use std::sync::LazyLock;
