@@ -125,6 +125,13 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The load tool's own CPU microseconds per unit since `before` (its CPU seconds
+/// then), reported apart from the server's: on a 2-core box it shows when the
+/// tool, not the server, is the ceiling.
+fn tool_cpu(before: f64, units: usize) -> f64 {
+    (cpu_seconds(std::process::id()) - before) * 1e6 / units.max(1) as f64
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -270,6 +277,7 @@ async fn relay(a: &str, b: &str, r: Relay, common: &Common) -> Result<Value, Str
     }
     eprintln!("relay: {} pairs joined; sending", r.pairs);
     let cpu_before: Vec<f64> = common.pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let tool_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     let _ = go.send(true);
     let mut latencies = Vec::new();
@@ -286,6 +294,7 @@ async fn relay(a: &str, b: &str, r: Relay, common: &Common) -> Result<Value, Str
         "seconds": seconds, "per_second": delivered as f64 / seconds,
         "latency_ms": percentiles(latencies),
         "cpu": cpu_report(common, &cpu_before, delivered),
+        "tool_cpu_us_per_unit": tool_cpu(tool_before, delivered),
     }))
 }
 
@@ -363,6 +372,7 @@ async fn fanout(
     }
     eprintln!("fanout: {rooms} rooms of {members} joined; broadcasting");
     let cpu_before: Vec<f64> = common.pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let tool_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     let _ = go.send(true);
     for task in tasks {
@@ -374,6 +384,7 @@ async fn fanout(
         "scenario": "fanout", "rooms": rooms, "members": members, "messages_per_member": messages,
         "delivered": got, "expected": expected, "seconds": seconds, "per_second": got as f64 / seconds,
         "cpu": cpu_report(common, &cpu_before, got),
+        "tool_cpu_us_per_unit": tool_cpu(tool_before, got),
     }))
 }
 
@@ -387,6 +398,7 @@ async fn conns(
     let run = run_id();
     let rss_before = pid.map(rss_kib);
     let cpu_before: Vec<f64> = common.pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let tool_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     let window = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     let mut tasks = Vec::with_capacity(connections);
@@ -421,6 +433,7 @@ async fn conns(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_report(common, &cpu_before, connections);
+    let tool = tool_cpu(tool_before, connections);
     // Idle: let the node settle (its upkeep, the joins' tasks ending) before RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = pid.map(rss_kib);
@@ -435,6 +448,7 @@ async fn conns(
         "join_ms": percentiles(latencies),
         "rss_kib": {"before": rss_before, "after": rss_after, "per_connection": per_conn},
         "cpu": cpu,
+        "tool_cpu_us_per_unit": tool,
     }))
 }
 

@@ -127,10 +127,37 @@ pub fn numbered(seq: u64, stream: SessionId, stored_ms: u64, inner: &str) -> Str
 pub fn split_numbered(text: &str) -> Option<(u64, SessionId, &str)> {
     let rest = text.strip_prefix("S ")?;
     let (header, inner) = split_line(rest)?;
-    let mut fields = header.split(' ');
+    let mut fields = Fields(header);
     let seq = fields.next()?.parse().ok()?;
     let stream = SessionId::parse(fields.next()?)?;
     Some((seq, stream, inner))
+}
+
+/// The space-separated fields of a header line. `str::split(' ')` goes through
+/// the generic pattern searcher, which cost more than the rest of parsing on
+/// every frame a node receives; headers are short and ASCII.
+struct Fields<'a>(&'a str);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let text = self.0;
+        match text.bytes().position(|b| b == b' ') {
+            // A space is ASCII: both sides are on character boundaries.
+            Some(at) => {
+                self.0 = text.get(at + 1..).unwrap_or("");
+                text.get(..at)
+            }
+            None => {
+                self.0 = "";
+                Some(text)
+            }
+        }
+    }
 }
 
 /// The header line and the rest: what `split_once('\n')` gives, with memchr's
@@ -150,7 +177,7 @@ pub fn published_us(text: &str) -> Option<u64> {
         None => text,
     };
     let (header, _) = split_line(inner.strip_prefix("F ")?)?;
-    header.split(' ').next()?.parse().ok()
+    Fields(header).next()?.parse().ok()
 }
 
 /// `frame` (a JSON object as the node serialized it) with `"seq":N` as its last field.
@@ -182,7 +209,7 @@ pub fn parse(text: &str) -> Option<Envelope<'_>> {
         };
     }
     let (header, body) = split_line(text)?;
-    let mut fields = header.split(' ');
+    let mut fields = Fields(header);
     let kind = fields.next()?;
     match kind {
         "F" => Some(Envelope::Frame {

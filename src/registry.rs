@@ -475,6 +475,18 @@ impl Registry {
             tracing::warn!(user_id = user, "dropping malformed envelope");
             return Delivery::Dropped;
         };
+        self.deliver_parsed(room, user, text, env)
+    }
+
+    /// [`Self::deliver`] of `text` the caller has already parsed as `env` (the
+    /// subscriber reads its timestamp first, and parses once).
+    pub fn deliver_parsed(
+        &self,
+        room: &str,
+        user: &str,
+        text: &str,
+        env: Envelope<'_>,
+    ) -> Delivery {
         let mut map = self.lock();
         let Some(entries) = map.get_mut(user) else {
             return Delivery::Dropped;
@@ -598,6 +610,10 @@ impl Registry {
 impl Deliveries for Registry {
     fn deliver(&self, room: &str, user: &str, text: &str) -> Delivery {
         Registry::deliver(self, room, user, text)
+    }
+
+    fn deliver_parsed(&self, room: &str, user: &str, text: &str, env: Envelope<'_>) -> Delivery {
+        Registry::deliver_parsed(self, room, user, text, env)
     }
 
     fn gap_filled(&self, room: &str, user: &str) -> usize {

@@ -4,6 +4,7 @@
 //! table, so the broker does not depend on it and deliveries flow one way:
 //! client → session → broker → Redis → subscriber → handler → session.
 
+use crate::envelope::Envelope;
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::incarnation::RunId;
 use crate::protocol::Role;
@@ -61,6 +62,14 @@ pub trait Deliveries: Send + Sync {
     /// Hands an envelope published on `user`'s channel in `room` to the local
     /// sessions of that user in that room. Never blocks.
     fn deliver(&self, room: &str, user: &str, text: &str) -> Delivery;
+
+    /// [`Self::deliver`] of `text` already parsed as `env`, for an engine that
+    /// reads the envelope first (the subscriber, for its delivery lag): a frame is
+    /// parsed once on its way through the node.
+    fn deliver_parsed(&self, room: &str, user: &str, text: &str, env: Envelope<'_>) -> Delivery {
+        let _ = env;
+        self.deliver(room, user, text)
+    }
 
     /// The lowest `seq` delivered to an active local session of `user` in `room`
     /// (what a mailbox read must go on from); `None` when no session there is

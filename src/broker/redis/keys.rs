@@ -137,7 +137,9 @@ impl Keys {
         let rest = channel
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix("room:{")?;
-        let (room, rest) = rest.split_once('}')?;
+        // memchr: this runs for every frame the node receives.
+        let at = memchr::memchr(b'}', rest.as_bytes())?;
+        let (room, rest) = (rest.get(..at)?, rest.get(at + 1..)?);
         let user = rest.strip_prefix(":ch:")?;
         Some((room, user))
     }

@@ -17,7 +17,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{ProtocolVersion, RedisError, RedisResult};
 
-use super::target::{RedisTarget, TargetKind};
+use super::target::{tcp_settings, RedisTarget, TargetKind};
 
 /// How long asking the sentinels for the master may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,7 +59,8 @@ impl Source {
                 settings,
             } => {
                 let node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(settings.clone());
+                    .set_redis_connection_info(settings.clone())
+                    .set_tcp_settings(tcp_settings());
                 SourceKind::Sentinel(tokio::sync::Mutex::new(SentinelClient::build(
                     sentinels.clone(),
                     master.as_str(),
@@ -143,6 +144,7 @@ impl Source {
 /// The settings every cluster connection of the node shares.
 fn cluster_builder(seeds: &[redis::ConnectionInfo]) -> ClusterClientBuilder {
     ClusterClientBuilder::new(seeds.to_vec())
+        .tcp_settings(tcp_settings())
         .connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
         .response_timeout(CLUSTER_COMMAND_TIMEOUT)
         .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))

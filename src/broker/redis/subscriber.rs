@@ -40,6 +40,7 @@ use super::pubsub_link::{self, Event, Incoming, Link};
 use super::renumber::Renumberer;
 use crate::broker::{BrokerError, Deliveries, Delivery};
 use crate::crypto::{self, PayloadCipher};
+use crate::envelope::Envelope;
 use crate::ids::{NodeId, RoomId, UserId};
 
 /// Longest wait for any pub/sub command.
@@ -580,10 +581,22 @@ impl Subscriber {
         };
         match crypto::open(self.cipher.as_deref(), channel, text) {
             Ok(text) => {
-                if let Some(published) = crate::envelope::published_us(&text) {
+                let Some(env) = crate::envelope::parse(&text) else {
+                    tracing::warn!(user_id = user, "dropping malformed envelope");
+                    return;
+                };
+                if let Envelope::Frame {
+                    published_us: Some(published),
+                    ..
+                }
+                | Envelope::Numbered {
+                    published_us: Some(published),
+                    ..
+                } = env
+                {
                     self.lag.observe(published, crate::envelope::now_us());
                 }
-                match self.deliveries.deliver(room, user, &text) {
+                match self.deliveries.deliver_parsed(room, user, &text, env) {
                     Delivery::Gap => self.gaps.request(room, user),
                     Delivery::Renumber { floor } => self.renumber.request(room, user, floor, &text),
                     Delivery::Taken | Delivery::Dropped => {}

@@ -7,7 +7,21 @@
 //! made, so a failover moves every connection of the node to the new master; or a
 //! Redis Cluster reached through seed nodes, whose topology redis-rs follows.
 
+use redis::io::tcp::TcpSettings;
 use redis::IntoConnectionInfo;
+
+/// TCP settings of every Redis connection the node dials. Nagle's algorithm off:
+/// a relay is one small script call whose publish another node waits for, and a
+/// join pipelines a few small writes; holding any of them back for an ACK adds
+/// the peer's delayed-ACK time to a message's latency.
+pub(super) fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
+/// `info` with the node's [`tcp_settings`].
+fn with_tcp_settings(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    info.set_tcp_settings(tcp_settings())
+}
 
 /// A parsed Redis address with a display form that never contains the password.
 #[derive(Clone)]
@@ -125,6 +139,7 @@ impl RedisTarget {
     }
 
     fn from_info(info: redis::ConnectionInfo) -> Self {
+        let info = with_tcp_settings(info);
         let display = format!("{}/{}", address(&info), info.redis_settings().db());
         Self {
             kind: TargetKind::Single(info),
@@ -153,7 +168,7 @@ fn parse_list(urls: &str, what: &str) -> Result<Vec<redis::ConnectionInfo>, Stri
         let info = url
             .into_connection_info()
             .map_err(|e| format!("{what} URL {}: {e}", i + 1))?;
-        infos.push(info);
+        infos.push(with_tcp_settings(info));
     }
     if infos.is_empty() {
         return Err(format!("no {what} URL"));
