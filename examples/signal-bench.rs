@@ -28,6 +28,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -163,13 +164,21 @@ async fn join(base: &str, room: &str, user: &str, source: u8) -> Result<Ws, Stri
         .map_err(|e| format!("{url}: {e}"))?;
     // As browsers do: small frames go out at once, for either server.
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut ws, _) = tokio_tungstenite::client_async(&url, stream)
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(&url, stream, Some(ws_config()))
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) if t.contains("room_users") => Ok(ws),
         other => Err(format!("{url}: no room_users: {other:?}")),
     }
+}
+
+/// tungstenite's defaults allocate and zero a 128 KiB read buffer per socket: in
+/// `conns` that was most of the tool's own CPU per join, taken from the server
+/// under test on a 2-core box. Signaling frames are small; a larger one still
+/// grows the buffer.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
 }
 
 /// The next text frame (skipping pings); `None` on timeout or end.

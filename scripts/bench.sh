@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark (issue 13): fresh Redis, two nodes of this server and two
-# of the Node.js reference (../shared/peers/node_ref, or $NODE_REF), the scenarios
-# of examples/signal-bench.rs run against each system in alternating order, one
-# table at the end (and every result as JSON lines in target/bench/results.jsonl).
+# Side-by-side benchmark (issue 13): fresh Redis, two nodes of this server, two
+# of the Node.js reference (../shared/peers/node_ref, or $NODE_REF) and two of
+# examples/floor-relay.rs (the machine's floor: the same hops, nothing done on
+# them), the scenarios of examples/signal-bench.rs run against each system in
+# alternating order, one table at the end (and every result as JSON lines in
+# target/bench/results.jsonl).
 # The table is also written to target/bench/table.md, and examples/bench-chart.rs
 # draws the same best runs as target/bench/chart.svg (throughput, latency
 # percentiles, CPU per message, RSS per connection).
@@ -28,7 +30,7 @@ else
   RELAY=(--pairs 20 --messages 20000); FANOUT=(--rooms 20 --members 5 --messages 2000); CONNS=(--connections 5000)
 fi
 
-cargo build --release --quiet --bin signal-node --example signal-bench --example bench-chart
+cargo build --release --quiet --bin signal-node --example signal-bench --example bench-chart --example floor-relay
 BENCH=$ROOT/target/release/examples/signal-bench
 if [ -d "$NODE_REF" ] && [ ! -d "$NODE_REF/node_modules" ]; then (cd "$NODE_REF" && npm ci --silent); fi
 
@@ -43,9 +45,22 @@ REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes --logfile "$OUT/redis.log"
 REDIS_PID=$(redis-cli -p "$REDIS_PORT" info server | awk -F: '/process_id/{print $2}' | tr -d '\r')
 
-# start SYSTEM: two nodes of SYSTEM (rust or node) on fresh ports; sets PORTS and NODE_PIDS.
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "bench: port $1 not open" >&2; exit 1; }
+
+# start SYSTEM: two nodes of SYSTEM (rust, node or floor) on fresh ports; sets PORTS
+# and NODE_PIDS. `floor` is examples/floor-relay.rs: the same hops with nothing
+# done on them, what the machine gives a server that costs nothing.
 start() {
   PORTS=(); NODE_PIDS=()
+  if [ "$1" = floor ]; then
+    for i in 1 2; do
+      local port; port=$(free_port)
+      "$ROOT/target/release/examples/floor-relay" --port "$port" --redis "redis://127.0.0.1:$REDIS_PORT/" >"$OUT/$1-$i.log" 2>&1 &
+      pids+=($!); NODE_PIDS+=($!); PORTS+=("$port")
+    done
+    for p in "${PORTS[@]}"; do wait_port "$p"; done
+    return
+  fi
   for i in 1 2; do
     local port; port=$(free_port)
     local env=(HOST=127.0.0.1 PORT="$port" NODE_ID="$1-$i" KEY_PREFIX="bench-$1:" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
@@ -73,6 +88,7 @@ run() { # run SYSTEM SCENARIO ARGS...
 
 systems=(rust)
 [ -d "$NODE_REF" ] && systems+=(node)
+systems+=(floor)
 for round in 1 2; do
   # Alternate the order per round so neither system always runs on a warmer box.
   order=("${systems[@]}"); [ "$round" = 2 ] && order=($(printf '%s\n' "${systems[@]}" | tac))
@@ -81,7 +97,8 @@ for round in 1 2; do
     a="ws://127.0.0.1:${PORTS[0]}"; b="ws://127.0.0.1:${PORTS[1]}"
     run "$system" relay --a "$a" --b "$b" "${RELAY[@]}"
     run "$system" relay --a "$a" --b "$b" --pairs 20 --messages 400 --rate 200
-    run "$system" fanout --url "$a" --url "$b" "${FANOUT[@]}"
+    # The floor relays directed frames only: no broadcasts.
+    [ "$system" != floor ] && run "$system" fanout --url "$a" --url "$b" "${FANOUT[@]}"
     run "$system" conns --url "$a" --pid "${NODE_PIDS[0]}" "${CONNS[@]}"
     stop
   done
