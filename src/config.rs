@@ -18,6 +18,7 @@
 //! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | `50`, `200` | per-connection token bucket; `0` per second turns it off |
 //! | `RATE_LIMIT_BYTES_PER_SECOND`, `RATE_LIMIT_BYTES_BURST` | `262144`, `524288` | per-connection byte bucket beside it; `0` per second turns it off |
 //! | `MAX_CONNECTIONS` | `10000` | WebSocket sessions per node; past it new ones close with 1013 |
+//! | `WORKER_THREADS` | the CPUs the process may use | 1–1024: threads running sessions; one per core the node is given |
 //! | `ALERT_CONNECTION_SPIKE` | `1000` | WARN when connections rise by more than this within a minute |
 //! | `AUTH_MODE` | `none` | `jwt` requires a token on every WebSocket |
 //! | `JWT_SECRET` | unset | HS256 key: verifies client tokens and signs `POST /tokens` |
@@ -106,6 +107,7 @@ const CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 const RESUME_GRACE_RANGE: RangeInclusive<u64> = 0..=3600;
 /// `RESUME_BUFFER_MESSAGES`: at least one, at most what Redis holds cheaply per member.
 const RESUME_BUFFER_RANGE: RangeInclusive<usize> = 1..=100_000;
+const WORKER_THREADS_RANGE: RangeInclusive<usize> = 1..=1024;
 /// `TURN_TTL_SECONDS`: a minute (a call must get connected) to 30 days.
 const TURN_TTL_RANGE: RangeInclusive<u64> = 60..=2_592_000;
 
@@ -151,6 +153,11 @@ pub struct Config {
     pub byte_rate_limit: Option<RateLimit>,
     /// Sessions this node accepts at once.
     pub max_connections: usize,
+    /// Runtime worker threads; `None` is one per CPU the process may use (cgroup
+    /// quotas included). A node given less than the machine's cores (two nodes on
+    /// one box, a pod's CPU limit that the quota does not show) runs best with one
+    /// per core it really gets: every extra thread adds wake-ups between threads.
+    pub worker_threads: Option<usize>,
     /// How long a member whose connection dropped stays resumable; zero turns
     /// resume off (every drop is a leave, as before resume existed).
     pub resume_grace: Duration,
@@ -328,6 +335,10 @@ impl Config {
         });
         let byte_rate_limit = byte_rate_limit(&get, max_message_bytes)?;
         let max_connections = parse_in(&get, "MAX_CONNECTIONS", 10_000, CONNECTIONS_RANGE)?;
+        let worker_threads = match get("WORKER_THREADS") {
+            Some(_) => Some(parse_in(&get, "WORKER_THREADS", 1, WORKER_THREADS_RANGE)?),
+            None => None,
+        };
         let resume_grace = parse_in(&get, "RESUME_GRACE_SECONDS", 20, RESUME_GRACE_RANGE)?;
         let resume_buffer = parse_in(&get, "RESUME_BUFFER_MESSAGES", 256, RESUME_BUFFER_RANGE)?;
 
@@ -354,6 +365,7 @@ impl Config {
             max_connections,
             resume_grace: Duration::from_secs(resume_grace),
             resume_buffer,
+            worker_threads,
             security,
             alert_connection_spike,
             http,
@@ -928,6 +940,7 @@ mod tests {
         ("RATE_LIMIT_BYTES_PER_SECOND", 0, 1_073_741_824, &[]),
         ("RATE_LIMIT_BYTES_BURST", 65_536, 1_073_741_824, &[]),
         ("MAX_CONNECTIONS", 1, 1_000_000, &[]),
+        ("WORKER_THREADS", 1, 1024, &[]),
         ("RESUME_GRACE_SECONDS", 0, 3600, &[]),
         ("RESUME_BUFFER_MESSAGES", 1, 100_000, &[]),
         ("TURN_TTL_SECONDS", 60, 2_592_000, &[]),
