@@ -48,6 +48,8 @@ pub(super) async fn handle_burst<T: std::ops::Deref<Target = str>>(
     texts: &[T],
 ) {
     let mut pending: Vec<Pending<'_>> = Vec::new();
+    // The burst was read at once: one clock reading times all its relays.
+    let started = Instant::now();
     for text in texts {
         match parse_client_frame_as(text, role) {
             Err(rejection) => {
@@ -78,7 +80,7 @@ pub(super) async fn handle_burst<T: std::ops::Deref<Target = str>>(
                 pending.push(Pending {
                     relay,
                     frame,
-                    started: Instant::now(),
+                    started,
                 });
             }
         }
