@@ -11,6 +11,7 @@
 #
 #   bash scripts/bench.sh              # full runs (minutes)
 #   QUICK=1 bash scripts/bench.sh      # a small smoke run
+#   WORKER_THREADS=2 bash scripts/bench.sh   # this server's nodes with 2 threads (default 1)
 #   PUBLISH=1 bash scripts/bench.sh    # also copy table.md and chart.svg to docs/bench/
 #                                      # (the README embeds docs/bench/chart.svg)
 #
@@ -66,7 +67,9 @@ start() {
     local env=(HOST=127.0.0.1 PORT="$port" NODE_ID="$1-$i" KEY_PREFIX="bench-$1:" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
       RATE_LIMIT_PER_SECOND=0 RATE_LIMIT_BYTES_PER_SECOND=0 MAX_CONNECTIONS=20000 RUST_LOG=warn)
     if [ "$1" = rust ]; then
-      env "${env[@]}" "$ROOT/target/release/signal-node" >"$OUT/$1-$i.log" 2>&1 &
+      # Two nodes share two cores here: one runtime thread each, as a pod given
+      # one core would run (the Node.js reference is one thread by nature).
+      env "${env[@]}" WORKER_THREADS="${WORKER_THREADS:-1}" "$ROOT/target/release/signal-node" >"$OUT/$1-$i.log" 2>&1 &
     else
       (cd "$NODE_REF" && env "${env[@]}" node server.js >"$OUT/$1-$i.log" 2>&1) &
     fi
