@@ -219,7 +219,8 @@ async fn serve(
         sent,
     } = opened;
     // A socket whose first frame failed stays open until the session ends, as
-    // it did before the start was split off.
+    // it did before the start was split off. (Boxed: this future keeps a slot for
+    // every local it ever holds, and a socket is a few hundred bytes.)
     let mut unsent = None;
     let end = if sent {
         Box::pin(pump(
@@ -277,7 +278,10 @@ async fn serve(
 
 /// A session that joined (or resumed) and was sent its first frame.
 struct Opened {
-    socket: WebSocket,
+    /// Boxed so that the futures handing it on hold a pointer, not the socket:
+    /// a future keeps a slot for each local it held across an await, even one
+    /// moved out since, for its whole life.
+    socket: Box<WebSocket>,
     outbox: Outbox,
     inbox: Inbox,
     role: Role,
@@ -426,7 +430,7 @@ async fn open(
     drop((users, ice, start, issued, credentials, admitted));
     let sent = socket.send(Message::Text(first.into())).await.is_ok();
     Some(Opened {
-        socket,
+        socket: Box::new(socket),
         outbox,
         inbox,
         role,
@@ -566,7 +570,7 @@ async fn join(
 /// Runs reader and writer until one ends or the session is closed. Returns the
 /// socket halves reunited when a farewell can still be written.
 async fn pump(
-    socket: WebSocket,
+    socket: Box<WebSocket>,
     state: &AppState,
     room: &RoomId,
     user: &UserId,
@@ -574,7 +578,7 @@ async fn pump(
     outbox: &Outbox,
     inbox: &mut Inbox,
 ) -> (End, Option<FarewellSocket>) {
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = (*socket).split();
     let closed = inbox.close_token();
     let started = Instant::now();
     // Milliseconds since `started` of the last frame from the client; shared by the
@@ -644,7 +648,11 @@ async fn pump(
                 biased;
                 _ = closed.cancelled() => return End::Closed(CloseReason::Shutdown),
                 msg = async {
-                    throttle(state).await;
+                    // Boxed and only when behind: the sleep inside is 100 bytes
+                    // that every idle reader would otherwise hold.
+                    if lagging(state) {
+                        Box::pin(throttle(state)).await;
+                    }
                     stream.next().await
                 } => msg,
             };
@@ -759,10 +767,15 @@ const LAG_LIMIT: Duration = Duration::from_millis(50);
 /// clock far off) slows sessions down but never stops them.
 const MAX_THROTTLE: Duration = Duration::from_secs(1);
 
+/// Whether this node's subscriber is so far behind that sessions should wait.
+fn lagging(state: &AppState) -> bool {
+    state.broker.delivery_lag() > LAG_LIMIT
+}
+
 /// Waits while this node's subscriber is behind (bounded; broker/redis/delivery_lag.rs).
 async fn throttle(state: &AppState) {
     let started = Instant::now();
-    while state.broker.delivery_lag() > LAG_LIMIT && started.elapsed() < MAX_THROTTLE {
+    while lagging(state) && started.elapsed() < MAX_THROTTLE {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
