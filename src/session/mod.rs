@@ -7,6 +7,7 @@
 //! awaits each relay before taking the next frame, which keeps per-sender order.
 
 mod admission;
+mod halves;
 mod rate;
 mod relay;
 
@@ -17,7 +18,6 @@ use std::future::Future;
 use std::pin::Pin;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tracing::Instrument;
 
@@ -200,39 +200,84 @@ type Opening = Pin<Box<dyn Future<Output = Option<Opened>> + Send>>;
 /// the start ([`open`]: admission, join or resume, the first frame) and the
 /// relay loop (`pump`), as do the awaits of the ending (leave, farewell). An idle
 /// session then holds this small future and the pump's box.
-async fn serve(
+///
+/// An `async move` block rather than an `async fn`: an async fn's future holds
+/// each argument twice (the argument and the local it is moved into), this one
+/// once.
+fn serve(
     opening: Opening,
     state: AppState,
     room: RoomId,
     user: UserId,
     session: SessionId,
     slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Some(opened) = opening.await else {
+            return;
+        };
+        let Opened {
+            socket,
+            outbox,
+            mut inbox,
+            role,
+            sent,
+        } = opened;
+        // A socket whose first frame failed stays open until the session ends, as
+        // it did before the start was split off. (Boxed: this future keeps a slot for
+        // every local it ever holds, and a socket is a few hundred bytes.)
+        let mut unsent = None;
+        let end = if sent {
+            Box::pin(pump(
+                socket, &state, &room, &user, role, &outbox, &mut inbox,
+            ))
+            .await
+        } else {
+            unsent = Some(socket);
+            (End::ClientGone, None)
+        };
+        let (end, socket) = end;
+        inbox.seal();
+        // The ending runs boxed: its awaits would otherwise size this future,
+        // which every idle session holds.
+        let ended = Ended {
+            end,
+            socket,
+            unsent,
+            slot,
+            role,
+        };
+        Box::pin(finish(ended, &state, &room, &user, session, &outbox)).await;
+    }
+}
+
+/// How the relay loop left a session, for [`finish`].
+struct Ended {
+    end: End,
+    /// The socket's halves, when a farewell can still be written.
+    socket: Option<FarewellSocket>,
+    /// A socket whose first frame failed: kept open until the session ends.
+    unsent: Option<Box<WebSocket>>,
+    slot: ConnectionSlot,
+    role: Role,
+}
+
+/// Ends a session: the farewell, the registry, the store (leave or detach).
+async fn finish(
+    ended: Ended,
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    session: SessionId,
+    outbox: &Outbox,
 ) {
-    let Some(opened) = opening.await else {
-        return;
-    };
-    let Opened {
+    let Ended {
+        end,
         socket,
-        outbox,
-        mut inbox,
+        unsent,
+        slot,
         role,
-        sent,
-    } = opened;
-    // A socket whose first frame failed stays open until the session ends, as
-    // it did before the start was split off. (Boxed: this future keeps a slot for
-    // every local it ever holds, and a socket is a few hundred bytes.)
-    let mut unsent = None;
-    let end = if sent {
-        Box::pin(pump(
-            socket, &state, &room, &user, role, &outbox, &mut inbox,
-        ))
-        .await
-    } else {
-        unsent = Some(socket);
-        (End::ClientGone, None)
-    };
-    let (end, socket) = end;
-    inbox.seal();
+    } = ended;
     let ending = end.ending();
     let farewell_to = |socket: FarewellSocket, close: u16, text: &'static str| {
         farewell(
@@ -240,11 +285,11 @@ async fn serve(
             ending.error,
             close,
             text,
-            &state,
-            &room,
-            &user,
+            state,
+            room,
+            user,
             role,
-            &outbox,
+            outbox,
         )
     };
     // A drained client gets its farewell first: what it sent before it read the
@@ -263,10 +308,10 @@ async fn serve(
 
     // Off the registry before leaving Redis: re-registration after a Redis restart
     // works from the registry, and must never write back a session that is leaving.
-    forget(&state, &user, session).await;
+    Box::pin(forget(state, user, session)).await;
     match (ending.detach, ending.leave) {
-        (true, Some(reason)) => Box::pin(detach(&state, &room, &user, session, reason)).await,
-        (false, Some(reason)) => Box::pin(leave(&state, &room, &user, session, reason)).await,
+        (true, Some(reason)) => Box::pin(detach(state, room, user, session, reason)).await,
+        (false, Some(reason)) => Box::pin(leave(state, room, user, session, reason)).await,
         (_, None) => Box::pin(state.broker.forget_session(session)).await,
     }
     if let (Some(socket), Some((close, text))) = (socket.take(), ending.close) {
@@ -720,15 +765,13 @@ async fn pump(
             }
         }
     };
-    // Each half is polled only when its own event fired: a frame queued for the
-    // client does not make the reader poll the socket, nor a frame read wake the
-    // writer (one task would poll both on every wake-up).
-    let mut halves: FuturesUnordered<Pin<Box<dyn Future<Output = End> + Send + '_>>> =
-        FuturesUnordered::new();
-    halves.push(Box::pin(reader));
-    halves.push(Box::pin(writer));
-    let end = halves.next().await.unwrap_or(End::ClientGone);
-    drop(halves);
+    // Each half is polled only when its own event fired (halves.rs). Both are
+    // dropped at the end of this block, which frees the socket halves they borrow.
+    let end = {
+        let reader = std::pin::pin!(reader);
+        let writer = std::pin::pin!(writer);
+        halves::Halves::new(reader, writer).await
+    };
     let end = match (end, inbox.close_reason()) {
         // A close request wins over whatever the halves were doing when it came.
         (_, Some(reason)) => End::Closed(reason),
@@ -803,6 +846,10 @@ const WRITE_BURST_BYTES: usize = 64 * 1024;
 
 /// Writes `first` and whatever else is queued (up to [`WRITE_BURST_BYTES`]),
 /// then flushes once: a burst of deliveries costs one system call, not one each.
+///
+/// The sink is driven by hand (`poll_ready`, then `start_send`) rather than by
+/// `feed`: a `Feed` future holds the message while it waits, and this future's
+/// size is held by every idle session's writer.
 async fn write_burst(
     sink: &mut futures::stream::SplitSink<WebSocket, Message>,
     inbox: &mut Inbox,
@@ -813,7 +860,8 @@ async fn write_burst(
     let mut next = Some(first);
     while let Some(frame) = next {
         bytes += frame.text.len();
-        sink.feed(Message::Text(frame.text.into())).await?;
+        std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+        sink.start_send_unpin(Message::Text(frame.text.into()))?;
         state.stats.frame_out();
         if let Some(published) = frame.published_us {
             let age = crate::envelope::now_us().saturating_sub(published);
@@ -825,7 +873,7 @@ async fn write_burst(
             None
         };
     }
-    sink.flush().await
+    std::future::poll_fn(|cx| sink.poll_flush_unpin(cx)).await
 }
 
 /// A client whose socket took no bytes for the stall limit: a slow consumer.
