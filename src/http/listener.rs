@@ -197,7 +197,10 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Activity::new();
-        let io = TokioIo::new(Watched::new(SocketBuffers::new(io), activity.clone()));
+        // The buffers outside the watch: a write collected in the batch is not
+        // activity until it reaches the socket, and the watch (a clock read) is
+        // paid once per batch, not once per WebSocket frame.
+        let io = TokioIo::new(SocketBuffers::new(Watched::new(io, activity.clone())));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
