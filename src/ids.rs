@@ -91,6 +91,17 @@ impl SessionId {
     pub fn parse(s: &str) -> Option<Self> {
         uuid::Uuid::try_parse(s).ok().map(Self)
     }
+
+    /// The id's 16 bytes, for tables packed byte by byte (the registry's
+    /// room views, held per idle session).
+    pub fn to_bytes(self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    /// The id whose bytes [`Self::to_bytes`] gave.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
 }
 
 impl Default for SessionId {

@@ -94,63 +94,132 @@ struct Entry {
     recent: VecDeque<(u64, u64)>,
 }
 
-/// A session's view of its room: member ids sorted, each with the session it was
-/// announced for. Every idle session holds one (19 members in a room of 20), so it
-/// is a vector sized to its members rather than a hash map: about half the memory,
-/// and rooms are small enough that a binary search and a shift cost nothing.
+/// A session's view of its room: the members the client was told about, each
+/// with the session it was announced for. Every idle session holds one (19
+/// members in a room of 20), so it is packed into one allocation of exactly its
+/// size, sorted by member id, one record per member: the id's length (one
+/// byte), the id, the session id (16 bytes). A vector of (boxed id, session)
+/// pairs took an allocation per member and about twice the bytes. Rooms are
+/// small, and the view only changes with membership (each change also sends a
+/// frame), so scanning the records costs nothing that matters.
 #[derive(Default)]
-struct View(Vec<(Box<str>, SessionId)>);
+struct View(Box<[u8]>);
+
+/// Bytes of a session id in a [`View`] record.
+const SESSION_BYTES: usize = 16;
+
+/// One record of a [`View`]: where it starts and ends in the packed bytes.
+struct Record<'a> {
+    member: &'a [u8],
+    session: SessionId,
+    start: usize,
+    end: usize,
+}
 
 impl View {
     /// The view of a join snapshot.
     fn of(members: &[(User, SessionId)]) -> Self {
-        let mut view: Vec<(Box<str>, SessionId)> = members
+        let mut sorted: Vec<(&str, SessionId)> = members
             .iter()
-            .map(|(u, s)| (u.user_id.as_str().into(), *s))
+            .map(|(u, s)| (u.user_id.as_str(), *s))
             .collect();
-        view.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
         // A snapshot lists each member once; should it not, the last one counts,
         // as it did when the view was a map.
-        view.reverse();
-        view.dedup_by(|a, b| a.0 == b.0);
-        view.reverse();
-        view.shrink_to_fit();
-        Self(view)
+        sorted.reverse();
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        sorted.reverse();
+        let mut packed = Vec::with_capacity(sorted.iter().map(|(m, _)| record_len(m)).sum());
+        for (member, session) in sorted {
+            push_record(&mut packed, member, session);
+        }
+        Self(packed.into_boxed_slice())
     }
 
-    fn find(&self, member: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(m, _)| (**m).cmp(member))
+    fn records(&self) -> impl Iterator<Item = Record<'_>> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let start = at;
+            let (&len, rest) = self.0.get(start..)?.split_first()?;
+            let (member, rest) = rest.split_at_checked(usize::from(len))?;
+            let session = rest.get(..SESSION_BYTES)?.try_into().ok()?;
+            at = start + 1 + usize::from(len) + SESSION_BYTES;
+            Some(Record {
+                member,
+                session: SessionId::from_bytes(session),
+                start,
+                end: at,
+            })
+        })
+    }
+
+    /// The record of `member`, or where it would go to keep the order.
+    fn find(&self, member: &str) -> Result<Record<'_>, usize> {
+        for record in self.records() {
+            match record.member.cmp(member.as_bytes()) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Ok(record),
+                std::cmp::Ordering::Greater => return Err(record.start),
+            }
+        }
+        Err(self.0.len())
     }
 
     fn get(&self, member: &str) -> Option<SessionId> {
-        self.find(member).ok().map(|at| self.0[at].1)
+        self.find(member).ok().map(|r| r.session)
     }
 
-    /// Records `member` as announced for `session`.
+    /// Records `member` as announced for `session`. An id too long for a record
+    /// (never a valid one: ids are at most 64 bytes) is not recorded: the only
+    /// cost is that a repeated announcement of it is not recognised as one.
     fn insert(&mut self, member: &str, session: SessionId) {
-        match self.find(member) {
-            Ok(at) => self.0[at].1 = session,
-            Err(at) => {
-                // One slot more, not double: a view only grows one join at a time.
-                self.0.reserve_exact(1);
-                self.0.insert(at, (member.into(), session));
-            }
+        let (start, end) = match self.find(member) {
+            Ok(record) => (record.start, record.end),
+            Err(at) => (at, at),
+        };
+        if start == end && u8::try_from(member.len()).is_err() {
+            return;
         }
+        let mut packed = Vec::with_capacity(self.0.len() - (end - start) + record_len(member));
+        packed.extend_from_slice(&self.0[..start]);
+        push_record(&mut packed, member, session);
+        packed.extend_from_slice(&self.0[end..]);
+        self.0 = packed.into_boxed_slice();
     }
 
     /// Forgets `member`; returns the session it was announced for.
     fn remove(&mut self, member: &str) -> Option<SessionId> {
-        let at = self.find(member).ok()?;
-        let (_, session) = self.0.remove(at);
-        if self.0.capacity() > 2 * self.0.len() + 4 {
-            self.0.shrink_to_fit();
-        }
+        let (start, end, session) = self
+            .find(member)
+            .ok()
+            .map(|r| (r.start, r.end, r.session))?;
+        let mut packed = Vec::with_capacity(self.0.len() - (end - start));
+        packed.extend_from_slice(&self.0[..start]);
+        packed.extend_from_slice(&self.0[end..]);
+        self.0 = packed.into_boxed_slice();
         Some(session)
     }
 
     fn members(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(m, _)| &**m)
+        self.records()
+            .filter_map(|r| std::str::from_utf8(r.member).ok())
     }
+}
+
+/// Bytes of `member`'s record in a [`View`].
+fn record_len(member: &str) -> usize {
+    1 + member.len() + SESSION_BYTES
+}
+
+/// Appends `member`'s record; an id longer than a record holds is left out
+/// (see [`View::insert`]).
+fn push_record(packed: &mut Vec<u8>, member: &str, session: SessionId) {
+    let Ok(len) = u8::try_from(member.len()) else {
+        return;
+    };
+    packed.push(len);
+    packed.extend_from_slice(member.as_bytes());
+    packed.extend_from_slice(&session.to_bytes());
 }
 
 /// What tells two numbered frames apart: their text and when they were published.
@@ -681,6 +750,37 @@ mod tests {
     use super::*;
     use crate::outbox::{self, Inbox};
     use tokio_util::sync::CancellationToken;
+
+    /// The packed view keeps members sorted, finds, replaces and removes them,
+    /// and leaves out only an id too long for a record.
+    #[test]
+    fn view_records_members_in_order() {
+        let (a, b, c) = (SessionId::new(), SessionId::new(), SessionId::new());
+        let mut view = View::of(&[(user("carol"), a), (user("al"), b), (user("carol"), c)]);
+        assert_eq!(view.members().collect::<Vec<_>>(), ["al", "carol"]);
+        assert_eq!(
+            view.get("carol"),
+            Some(c),
+            "the last of a repeated member counts"
+        );
+        view.insert("bob", a);
+        view.insert("zed", b);
+        view.insert("al", c);
+        assert_eq!(
+            view.members().collect::<Vec<_>>(),
+            ["al", "bob", "carol", "zed"]
+        );
+        assert_eq!(view.get("al"), Some(c));
+        assert_eq!(view.get("bo"), None);
+        assert_eq!(view.remove("carol"), Some(c));
+        assert_eq!(view.remove("carol"), None);
+        assert_eq!(view.members().collect::<Vec<_>>(), ["al", "bob", "zed"]);
+        assert_eq!((view.get("bob"), view.get("zed")), (Some(a), Some(b)));
+        let long = "x".repeat(300);
+        view.insert(&long, a);
+        assert_eq!(view.get(&long), None);
+        assert_eq!(view.0.len(), 3 * (1 + SESSION_BYTES) + 2 + 3 + 3);
+    }
 
     fn user(id: &str) -> User {
         User {

@@ -197,7 +197,10 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Activity::new();
-        let io = TokioIo::new(Watched::new(ReadAhead::new(io), activity.clone()));
+        // The buffers outside the watch: a write collected in the batch is not
+        // activity until it reaches the socket, and the watch (a clock read) is
+        // paid once per batch, not once per WebSocket frame.
+        let io = TokioIo::new(SocketBuffers::new(Watched::new(io, activity.clone())));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -251,31 +254,75 @@ async fn idle_expired(activity: &Activity, timeout: Duration) {
 /// smaller (tungstenite's, `READ_BUFFER_BYTES` in ws.rs).
 const READ_AHEAD_BYTES: usize = 8 * 1024;
 
-/// Lets an upgraded WebSocket keep a small read buffer without paying a read
-/// syscall per small chunk: a read into a buffer smaller than [`READ_AHEAD_BYTES`]
-/// takes up to that much from the socket into the stack, and keeps what did not
-/// fit on the heap only until the next reads take it. An idle connection so holds
-/// no read-ahead memory at all, a busy one one syscall per 8 KiB as before.
-struct ReadAhead<IO> {
+/// Most bytes of small writes collected before they go to the socket without
+/// waiting for a flush: a session's writer flushes after each burst of at most
+/// 64 KiB (`WRITE_BURST_BYTES` in session/mod.rs), so a burst is one system call.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// First allocation of the write batch: most bursts are a few small frames, and
+/// starting here spares them the reallocations of growing from nothing.
+const WRITE_BATCH_START: usize = 4 * 1024;
+
+/// The socket's buffers, held only while they hold bytes, so that an idle
+/// connection keeps none.
+///
+/// Reads: a read into a buffer smaller than [`READ_AHEAD_BYTES`] takes up to
+/// that much from the socket into the stack, and keeps what did not fit on the
+/// heap only until the next reads take it, so tungstenite's own read buffer can
+/// stay small without a syscall per small chunk.
+///
+/// Writes: small writes collect here until a flush (or [`WRITE_BATCH_BYTES`]),
+/// then go out in one system call, and the batch is freed. The WebSocket's own
+/// write buffer is off (`write_buffer_size(0)` in ws.rs): tungstenite's buffer
+/// keeps the capacity of the largest write it ever held for the connection's
+/// life (a burst of frames, a few KiB in every idle session); this one is given
+/// back after each flush. The batch is bounded, so a client that stops reading
+/// only ever pins [`WRITE_BATCH_BYTES`] here: past it writes wait for the socket,
+/// and tungstenite's buffer takes the rest under its own bound
+/// (`max_write_buffer_size`).
+struct SocketBuffers<IO> {
     io: IO,
     /// Bytes read from the socket and not yet handed out; empty (unallocated) when
     /// nothing is left.
     left: Vec<u8>,
     /// How much of `left` was handed out already.
     at: usize,
+    /// Bytes accepted from writes and not yet written; unallocated when empty.
+    out: Vec<u8>,
+    /// How much of `out` the socket took already.
+    out_at: usize,
 }
 
-impl<IO> ReadAhead<IO> {
+impl<IO> SocketBuffers<IO> {
     fn new(io: IO) -> Self {
         Self {
             io,
             left: Vec::new(),
             at: 0,
+            out: Vec::new(),
+            out_at: 0,
         }
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+impl<IO: AsyncWrite + Unpin> SocketBuffers<IO> {
+    /// Writes the whole batch to the socket, then frees it.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        // Freed, not kept: an idle connection holds no write buffer.
+        self.out = Vec::new();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for SocketBuffers<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -310,13 +357,26 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for SocketBuffers<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.out.len() >= WRITE_BATCH_BYTES {
+            ready!(this.poll_write_out(cx))?;
+        }
+        if this.out.is_empty() && buf.len() >= WRITE_BATCH_BYTES {
+            // Large enough on its own: no copy.
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        }
+        if this.out.capacity() == 0 {
+            this.out = Vec::with_capacity(WRITE_BATCH_START.clamp(buf.len(), WRITE_BATCH_BYTES));
+        }
+        let n = buf.len().min(WRITE_BATCH_BYTES - this.out.len());
+        this.out.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -324,7 +384,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        // hyper's writes (HTTP responses) come vectored and already batched:
+        // they go straight to the socket, behind whatever was collected before.
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -332,11 +396,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -355,7 +423,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(client);
-        let mut reader = ReadAhead::new(server);
+        let mut reader = SocketBuffers::new(server);
         let mut got = Vec::new();
         let mut small = [0u8; 100];
         loop {

@@ -24,19 +24,21 @@ use crate::state::AppState;
 
 /// tungstenite's read buffer is allocated (and zeroed) with every connection and
 /// kept for its life: its default is 128 KiB. Signaling frames are small, and the
-/// listener's read-ahead (`ReadAhead` in listener.rs) takes up to 8 KiB per
+/// listener's read-ahead (`SocketBuffers` in listener.rs) takes up to 8 KiB per
 /// syscall and hands it out in these chunks, so a small buffer costs no extra
 /// syscalls; a larger frame still grows it (tungstenite reserves a whole frame).
 const READ_BUFFER_BYTES: usize = 256;
 
-/// Frames of one burst of deliveries collect in the socket's write buffer up to
-/// this before they are written; the session flushes after each burst, so a lone
-/// frame still goes out at once, and a burst costs a few writes instead of one
-/// per frame.
-const WRITE_BUFFER_BYTES: usize = 32 * 1024;
+/// tungstenite hands each frame to the socket at once: its write buffer keeps
+/// the capacity of the largest write it ever held for the connection's life, so
+/// a burst collected there stayed allocated in every idle session. A burst's
+/// frames collect in the listener's `SocketBuffers` instead, which writes them
+/// in one system call when the session flushes and then frees them.
+const WRITE_BUFFER_BYTES: usize = 0;
 
-/// The socket's own write buffer holds at most one frame of the outbound queue
-/// (itself bounded by `MAX_QUEUE_BYTES`) plus control replies.
+/// tungstenite's write buffer holds only what the socket did not take: at most
+/// one frame of the outbound queue (itself bounded by `MAX_QUEUE_BYTES`) plus
+/// control replies, behind the listener's bounded batch.
 fn write_buffer_bound(max_queue_bytes: usize) -> usize {
     max_queue_bytes.saturating_add(16 * 1024)
 }
@@ -226,8 +228,13 @@ pub(super) async fn upgrade(
         }
     }
 
+    // axum keeps this callback inside the connection's task for the task's whole
+    // life (it is a capture of the task's future), so what it captures is boxed:
+    // two pointers instead of a few hundred bytes in every idle connection.
     let tracker = state.tracker.clone();
+    let start = Box::new((state, room, user, credentials, slot));
     ws.on_upgrade(move |socket| {
+        let (state, room, user, credentials, slot) = *start;
         tracker.track_future(session::run(socket, state, room, user, credentials, slot))
     })
 }
