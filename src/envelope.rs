@@ -83,6 +83,17 @@ pub enum Envelope<'a> {
     },
 }
 
+impl Envelope<'_> {
+    /// When a relayed frame was published (its `F` header, bare or numbered);
+    /// `None` for anything else. The subscriber measures its lag with it.
+    pub fn published_us(&self) -> Option<u64> {
+        match *self {
+            Self::Frame { published_us, .. } | Self::Numbered { published_us, .. } => published_us,
+            _ => None,
+        }
+    }
+}
+
 /// Wraps a finished frame, stamped with the time of publishing.
 pub fn frame(frame: &str) -> String {
     let mut out = String::with_capacity(frame.len() + 20);
@@ -166,18 +177,6 @@ pub fn split_line(text: &str) -> Option<(&str, &str)> {
     let at = memchr::memchr(b'\n', text.as_bytes())?;
     // `at` is the index of an ASCII byte, so both halves are valid UTF-8.
     Some((text.get(..at)?, text.get(at + 1..)?))
-}
-
-/// When a relayed frame was published (the `F` header, bare or inside an `S`
-/// envelope); `None` for anything else. Cheaper than [`parse`]: the subscriber
-/// reads it for every frame to measure how far behind it is.
-pub fn published_us(text: &str) -> Option<u64> {
-    let inner = match text.strip_prefix("S ") {
-        Some(rest) => split_line(rest)?.1,
-        None => text,
-    };
-    let (header, _) = split_line(inner.strip_prefix("F ")?)?;
-    Fields(header).next()?.parse().ok()
 }
 
 /// `frame` (a JSON object as the node serialized it) with `"seq":N` as its last field.

@@ -173,17 +173,22 @@ impl View {
     /// (never a valid one: ids are at most 64 bytes) is not recorded: the only
     /// cost is that a repeated announcement of it is not recognised as one.
     fn insert(&mut self, member: &str, session: SessionId) {
-        let (start, end) = match self.find(member) {
-            Ok(record) => (record.start, record.end),
-            Err(at) => (at, at),
+        let at = match self.find(member) {
+            Ok(record) => {
+                // Announced again for another session: its 16 bytes in place.
+                let (from, to) = (record.end - SESSION_BYTES, record.end);
+                self.0[from..to].copy_from_slice(&session.to_bytes());
+                return;
+            }
+            Err(at) => at,
         };
-        if start == end && u8::try_from(member.len()).is_err() {
+        if u8::try_from(member.len()).is_err() {
             return;
         }
-        let mut packed = Vec::with_capacity(self.0.len() - (end - start) + record_len(member));
-        packed.extend_from_slice(&self.0[..start]);
+        let mut packed = Vec::with_capacity(self.0.len() + record_len(member));
+        packed.extend_from_slice(&self.0[..at]);
         push_record(&mut packed, member, session);
-        packed.extend_from_slice(&self.0[end..]);
+        packed.extend_from_slice(&self.0[at..]);
         self.0 = packed.into_boxed_slice();
     }
 

@@ -41,7 +41,6 @@ use super::pubsub_link::{self, Event, Incoming, Link};
 use super::renumber::Renumberer;
 use crate::broker::{BrokerError, Deliveries, Delivery};
 use crate::crypto::{self, PayloadCipher};
-use crate::envelope::Envelope;
 use crate::ids::{NodeId, RoomId, UserId};
 
 /// Longest wait for any pub/sub command.
@@ -602,15 +601,7 @@ impl Subscriber {
                     tracing::warn!(user_id = user, "dropping malformed envelope");
                     return;
                 };
-                if let Envelope::Frame {
-                    published_us: Some(published),
-                    ..
-                }
-                | Envelope::Numbered {
-                    published_us: Some(published),
-                    ..
-                } = env
-                {
+                if let Some(published) = env.published_us() {
                     self.lag.observe(published);
                 }
                 match self.deliveries.deliver_parsed(room, user, &text, env) {
